@@ -1,0 +1,50 @@
+# Shipyard — every target installs what it needs; a fresh machine needs only `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.8
+STATE ?= state
+# Token auth turns on by itself when ~/.ray/auth_token exists; be explicit.
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export SHIPYARD_HOME ?= $(abspath $(STATE))
+
+.PHONY: install demo test lint unit integration bench clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync --python $(PY) -q requirements.lock
+	$(UV) pip install --python $(PY) -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed  ## create the virtualenv and install the locked dependencies
+
+lock:  ## re-resolve requirements.lock from pyproject.toml
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+demo: install  ## start a local Ray, generate data, submit the training job, print the registered version
+	$(PY) -m shipyard.demo --state $(STATE)
+
+lint: install  ## ruff + mypy
+	$(VENV)/bin/ruff check lib jobs serving tests benchmarks
+	$(VENV)/bin/ruff format --check lib jobs serving tests benchmarks
+	$(VENV)/bin/mypy
+
+unit: install
+	$(PY) -m pytest -m unit -q
+
+test: install lint  ## the whole suite: unit, model, integration, lint
+	$(PY) -m pytest -q
+
+bench: install  ## benchmarks side by side with their baselines; ROWS=1000000 to scale
+	$(PY) -m benchmarks.run --rows $${ROWS:-1000000} --out benchmarks/results
+
+clean:
+	rm -rf $(STATE) .pytest_cache .mypy_cache .ruff_cache

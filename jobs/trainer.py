@@ -1,0 +1,206 @@
+"""Model fitting: XGBoost through Ray Train's XGBoostTrainer, and the baseline every run beats."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray.data
+import xgboost as xgb
+
+from shipyard import dataspec
+from shipyard.config import TrainSection
+from shipyard.schema import InputSchema
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = {
+    "binary": ("binary:logistic", "logloss"),
+    "multiclass": ("multi:softprob", "mlogloss"),
+    "regression": ("reg:squarederror", "rmse"),
+}
+
+
+def booster_params(cfg: TrainSection, schema: InputSchema) -> dict[str, Any]:
+    objective, metric = OBJECTIVES[schema.task]
+    params: dict[str, Any] = {
+        "tree_method": "hist",
+        **cfg.params,
+        "objective": objective,
+        "eval_metric": metric,
+        "nthread": max(1, int(cfg.cpus_per_worker)),
+        "device": "cuda" if cfg.use_gpu else "cpu",
+    }
+    if schema.task == "multiclass":
+        params["num_class"] = len(schema.classes)
+    return params
+
+
+def _report_callback(metrics: dict[str, str], frequency: int) -> Any:
+    """Ray's XGBoost callback, reporting only with checkpoints.
+
+    The stock callback calls `ray.train.report` after every round, a synchronous round trip
+    through the Train controller that costs far more than a boosting round on small data.
+    """
+    from ray.train.xgboost import RayTrainReportCallback
+
+    class CheckpointReportCallback(RayTrainReportCallback):  # type: ignore[misc]
+        def _report_metrics(self, report_dict: dict[str, Any]) -> None:
+            return None
+
+    return CheckpointReportCallback(metrics=metrics, frequency=frequency)
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker; XGBoost's collective is set up by the trainer."""
+    import ray.train
+    from ray.train.xgboost import RayTrainReportCallback
+
+    names = config["feature_names"]
+
+    def dmatrix(split: str) -> xgb.DMatrix:
+        df = ray.train.get_dataset_shard(split).materialize().to_pandas()
+        return xgb.DMatrix(
+            df[names].to_numpy(np.float32),
+            label=df[dataspec.LABEL_COLUMN].to_numpy(),
+            feature_names=names,
+        )
+
+    dtrain, dvalid = dmatrix("train"), dmatrix("valid")
+    start: xgb.Booster | None = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # resumed after a worker or node loss: continue, not restart
+        start = RayTrainReportCallback.get_model(checkpoint)
+    done = start.num_boosted_rounds() if start is not None else 0
+    xgb.train(
+        config["params"],
+        dtrain,
+        num_boost_round=max(0, config["num_boost_round"] - done),
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=config["early_stopping_rounds"],
+        xgb_model=start,
+        verbose_eval=False,
+        callbacks=[
+            _report_callback(
+                {"valid_loss": f"valid-{config['params']['eval_metric']}"},
+                config["checkpoint_every"],
+            )
+        ],
+    )
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    booster: xgb.Booster  # trimmed to the best iteration
+    rounds: int
+    best_iteration: int
+    checkpoint_path: str
+    valid_loss: float | None
+
+
+def train_xgboost(
+    train: ray.data.Dataset,
+    valid: ray.data.Dataset,
+    schema: InputSchema,
+    cfg: TrainSection,
+    storage_path: str,
+    run_name: str,
+) -> TrainOutcome:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
+
+    trainer = XGBoostTrainer(
+        _train_loop,
+        train_loop_config={
+            "params": booster_params(cfg, schema),
+            "feature_names": schema.names,
+            "num_boost_round": cfg.num_boost_round,
+            "early_stopping_rounds": cfg.early_stopping_rounds,
+            "checkpoint_every": cfg.checkpoint_every,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": train, "valid": valid},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train finished without a checkpoint (error: {result.error})")
+    booster = RayTrainReportCallback.get_model(result.checkpoint)
+    rounds = booster.num_boosted_rounds()
+    best = int(booster.attr("best_iteration") or rounds - 1)
+    trimmed = booster[: best + 1] if best + 1 < rounds else booster
+    metrics = result.metrics or {}
+    return TrainOutcome(
+        booster=trimmed,
+        rounds=rounds,
+        best_iteration=best,
+        checkpoint_path=str(Path(result.checkpoint.path)),
+        valid_loss=metrics.get("valid_loss"),
+    )
+
+
+def fit_baseline(sample: pd.DataFrame, schema: InputSchema, seed: int) -> Any:
+    """Logistic / ridge regression on imputed, scaled numbers and one-hot categories.
+
+    Only its metrics are kept: a baseline is a yardstick, not a servable artifact.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    num = [f.name for f in schema.features if f.kind == "numeric"]
+    cat = [f.name for f in schema.features if f.kind == "categorical"]
+    pre = ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), num),
+            (
+                "cat",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="<missing>"),
+                    OneHotEncoder(handle_unknown="ignore", max_categories=50),
+                ),
+                cat,
+            ),
+        ]
+    )
+    model = (
+        Ridge(alpha=1.0)
+        if schema.task == "regression"
+        else LogisticRegression(max_iter=500, random_state=seed)
+    )
+    pipe = make_pipeline(pre, model)
+    pipe.fit(baseline_frame(sample, schema), schema.encode_target(sample[schema.target]))
+    return pipe
+
+
+def baseline_frame(df: pd.DataFrame, schema: InputSchema) -> pd.DataFrame:
+    out = pd.DataFrame(index=df.index)
+    for f in schema.features:
+        if f.kind == "numeric":
+            out[f.name] = pd.to_numeric(df[f.name], errors="coerce").astype(np.float64)
+        else:
+            out[f.name] = df[f.name].astype("string").astype(object).where(df[f.name].notna(), np.nan)
+    return out
+
+
+def baseline_predict(model: Any, df: pd.DataFrame, schema: InputSchema) -> np.ndarray:
+    x = baseline_frame(df, schema)
+    if schema.task == "regression":
+        return np.asarray(model.predict(x))
+    proba = np.asarray(model.predict_proba(x))
+    return proba[:, 1] if schema.task == "binary" else proba

@@ -1,0 +1,230 @@
+"""Typed job configs, loaded from YAML; every error names the key, the bad value and what is accepted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shipyard.errors import ConfigError
+
+Task = Literal["binary", "multiclass", "regression"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    name: str = Field(
+        description="Registered model name in the registry; versions accumulate under it.",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+    )
+    description: str = Field("", description="Free text stored on the registered model.")
+
+
+class DataSection(_Strict):
+    path: str = Field(
+        description="File, directory or glob; local path or s3:// / gs:// URI; parquet or CSV."
+    )
+    format: Literal["auto", "parquet", "csv"] = Field(
+        "auto", description="File format; 'auto' decides by the file extension."
+    )
+    target: str = Field(description="Column to predict.", min_length=1)
+    task: Task = Field(description="binary | multiclass | regression.")
+    categorical: list[str] | None = Field(
+        None, description="Categorical feature columns; inferred from dtypes when omitted."
+    )
+    drop: list[str] = Field(default_factory=list, description="Columns that are not features.")
+    time_column: str | None = Field(
+        None, description="Split by time (latest rows held out) instead of at random."
+    )
+    holdout: float = Field(0.2, gt=0.0, lt=0.9, description="Fraction held out for evaluation.")
+    seed: int = Field(0, description="Seed of the random split and of sampling.")
+    max_categories: PositiveInt = Field(
+        200, description="Most frequent categories kept per feature; rarer ones count as unseen."
+    )
+    fingerprint: Literal["content", "metadata"] = Field(
+        "content", description="Hash file contents (exact) or only names, sizes and mtimes (fast)."
+    )
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> DataSection:
+        cats = set(self.categorical or [])
+        for col in [self.target, *( [self.time_column] if self.time_column else [])]:
+            if col in cats or col in self.drop:
+                raise ValueError(
+                    f"column {col!r} is the target or time column and cannot also be listed "
+                    "in data.categorical or data.drop"
+                )
+        both = cats & set(self.drop)
+        if both:
+            raise ValueError(f"columns {sorted(both)} are in both data.categorical and data.drop")
+        return self
+
+
+class TrainSection(_Strict):
+    num_workers: PositiveInt = Field(2, description="Ray Train workers for XGBoost.")
+    cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs reserved per training worker.")
+    use_gpu: bool = Field(False, description="Train on GPUs (device=cuda) where the cluster has them.")
+    num_boost_round: PositiveInt = Field(300, description="Upper bound on boosting rounds.")
+    early_stopping_rounds: PositiveInt = Field(
+        20, description="Stop when the validation metric has not improved for this many rounds."
+    )
+    checkpoint_every: PositiveInt = Field(10, description="Checkpoint every K boosting rounds.")
+    max_failures: int = Field(
+        3, ge=-1, description="Worker failures tolerated before the run fails (-1: unlimited)."
+    )
+    storage_path: str | None = Field(
+        None, description="Checkpoint storage (local dir or s3:// / gs://); default under state."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=lambda: {"max_depth": 6, "eta": 0.1, "subsample": 0.9},
+        description="XGBoost booster parameters; objective and eval metric follow data.task.",
+    )
+    baseline_max_rows: PositiveInt = Field(
+        200_000, description="Rows sampled from the training split to fit the baseline."
+    )
+
+    @field_validator("params")
+    @classmethod
+    def _params_are_ours(cls, v: dict[str, Any]) -> dict[str, Any]:
+        owned = {"objective", "num_class", "device", "nthread", "eval_metric"} & set(v)
+        if owned:
+            raise ValueError(
+                f"train.params may not set {sorted(owned)}: Shipyard derives them from "
+                "data.task, train.use_gpu and train.cpus_per_worker"
+            )
+        return v
+
+
+class GatesSection(_Strict):
+    baseline_margin: float = Field(
+        0.0,
+        description="The primary metric must beat the baseline's by at least this much "
+        "(AUC for binary, macro-F1 for multiclass, RMSE for regression, in the metric's units).",
+    )
+    champion_margin: float | None = Field(
+        None,
+        description="If set, the candidate must also beat the current champion on this "
+        "run's holdout by this margin; otherwise the comparison is only reported.",
+    )
+    max_slice_gap: NonNegativeFloat = Field(
+        0.15, description="No slice's primary metric may trail the overall by more than this."
+    )
+    min_slice_rows: PositiveInt = Field(50, description="Slices smaller than this are not gated.")
+    latency_budget_ms: PositiveFloat = Field(
+        5.0, description="ONNX single-row p50 latency budget, milliseconds."
+    )
+    parity_tolerance: PositiveFloat = Field(
+        1e-5,
+        description="Max |ONNX - native| on the holdout (probabilities; regression relative "
+        "to max(1, |prediction|)).",
+    )
+
+
+class TrackingSection(_Strict):
+    experiment: str | None = Field(
+        None, description="MLflow experiment; default 'shipyard/<model.name>'."
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; MLFLOW_TRACKING_URI wins, default a SQLite store "
+        "under SHIPYARD_HOME.",
+    )
+
+
+class EventsSection(_Strict):
+    webhook_url: str | None = Field(
+        None, description="POST each event as JSON here (also SHIPYARD_WEBHOOK_URL)."
+    )
+
+
+class TrainJobConfig(_Strict):
+    """Config of `python -m jobs.train`."""
+
+    model: ModelSection
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    gates: GatesSection = Field(default_factory=GatesSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    events: EventsSection = Field(default_factory=EventsSection)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors(include_url=False):
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and the config reference in README.md)"
+        bad = e.get("input")
+        shown = "" if e["type"] in ("missing",) else f" (got {bad!r})"
+        if isinstance(bad, dict) and e["type"] != "extra_forbidden":
+            shown = ""
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, model: type[_Strict], source: str = "<dict>") -> Any:
+    """Validate an already-parsed mapping against a config model."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"invalid config {source}: the top level must be a mapping of keys "
+            f"(got {type(raw).__name__})"
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def set_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply `a.b.c=value` to a nested mapping (creating sections as needed)."""
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {p!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: {problem}") from None
+
+
+def load_train_config(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> TrainJobConfig:
+    """Load and validate a training config; overrides are dotted keys (`train.num_workers`)."""
+    raw = load_yaml(path)
+    if isinstance(raw, dict):
+        for key, value in (overrides or {}).items():
+            set_override(raw, key, value)
+    return parse_config(raw, TrainJobConfig, source=str(path))  # type: ignore[no-any-return]

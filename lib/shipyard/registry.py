@@ -1,0 +1,162 @@
+"""The MLflow tracking store and model registry, through one small client.
+
+A version's source is its run's `model/` artifact directory: the ONNX graph, the native booster,
+the input schema, the reference profile, the evaluation report and a checksum manifest.
+Aliases `champion` and `challenger` say which versions are live.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from shipyard.artifacts import verify_bundle
+from shipyard.errors import ModelNotFound
+
+logger = logging.getLogger(__name__)
+
+HOME_ENV = "SHIPYARD_HOME"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_DIR = "model"
+
+
+def shipyard_home() -> Path:
+    """State directory (tracking DB, artifacts, checkpoints, events): $SHIPYARD_HOME or ./state."""
+    return Path(os.environ.get(HOME_ENV) or "state").absolute()
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """MLFLOW_TRACKING_URI wins, then the config, then an embedded SQLite store under the home."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if configured:
+        return configured
+    home = shipyard_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+class Registry:
+    """Thin wrapper over `MlflowClient` with explicit URIs (no global MLflow state)."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    # --- tracking -------------------------------------------------------------------------
+    def ensure_experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = None
+        if self.tracking_uri.startswith("sqlite:"):
+            # Local stores keep artifacts beside the DB, not in the job's (temporary) cwd.
+            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            location = (db.parent / "mlartifacts" / name.replace("/", "_")).as_uri()
+        return str(self.client.create_experiment(name, artifact_location=location))
+
+    def start_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        return str(run.info.run_id)
+
+    def log(
+        self,
+        run_id: str,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        ts = int(1000 * __import__("time").time())
+        ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        ms = [
+            Metric(k, float(v), ts, 0)
+            for k, v in (metrics or {}).items()
+            if v is not None and v == v  # skip NaN
+        ]
+        tg = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(ps), len(ms), len(tg)), 100):
+            self.client.log_batch(
+                run_id, metrics=ms[i : i + 100], params=ps[i : i + 100], tags=tg[i : i + 100]
+            )
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def artifact_uri(self, run_id: str) -> str:
+        return str(self.client.get_run(run_id).info.artifact_uri)
+
+    # --- registry -------------------------------------------------------------------------
+    def register(
+        self, name: str, run_id: str, tags: dict[str, str], description: str = ""
+    ) -> int:
+        """Create a version from the run's model/ directory; aliases are set separately."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, description=description or None)
+        mv = self.client.create_model_version(
+            name,
+            source=f"{self.artifact_uri(run_id)}/{MODEL_DIR}",
+            run_id=run_id,
+            tags=tags,
+        )
+        return int(mv.version)
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def aliases(self, name: str) -> dict[str, int]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            rm = self.client.get_registered_model(name)
+        except MlflowException:
+            return {}
+        return {a: int(v) for a, v in rm.aliases.items()}
+
+    def versions(self, name: str) -> list[Any]:
+        return list(self.client.search_model_versions(f"name='{name}'"))
+
+    def get_version(self, name: str, ref: str | int) -> Any:
+        """A version by number or alias; ModelNotFound names what exists."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if isinstance(ref, int) or str(ref).isdigit():
+                return self.client.get_model_version(name, str(ref))
+            return self.client.get_model_version_by_alias(name, str(ref))
+        except MlflowException:
+            known = sorted(int(v.version) for v in self.versions(name))
+            raise ModelNotFound(
+                f"model {name!r} has no version {ref!r}; versions: {known}, "
+                f"aliases: {self.aliases(name)}"
+            ) from None
+
+    def champion(self, name: str) -> Any | None:
+        return self.get_version(name, CHAMPION) if CHAMPION in self.aliases(name) else None
+
+    def download(self, name: str, ref: str | int, dst: Path | None = None) -> Path:
+        """Download a version's bundle and verify every checksum before returning its path."""
+        import mlflow.artifacts
+
+        mv = self.get_version(name, ref)
+        target = dst or Path(tempfile.mkdtemp(prefix=f"shipyard-{name}-v{mv.version}-"))
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=mv.source, dst_path=str(target), tracking_uri=self.tracking_uri
+        )
+        verify_bundle(Path(path))
+        return Path(path)
