@@ -9,9 +9,10 @@ STATE ?= state
 # Token auth turns on by itself when ~/.ray/auth_token exists; be explicit.
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
+export MLFLOW_DISABLE_TELEMETRY ?= true
 export SHIPYARD_HOME ?= $(abspath $(STATE))
 
-.PHONY: install demo test lint unit integration bench clean help
+.PHONY: install lock demo test lint unit bench clean help mlflow-ui
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -48,3 +49,6 @@ bench: install  ## benchmarks side by side with their baselines; ROWS=1000000 to
 
 clean:
 	rm -rf $(STATE) .pytest_cache .mypy_cache .ruff_cache
+
+mlflow-ui: install  ## MLflow UI over the local tracking store, http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(SHIPYARD_HOME)/mlflow.db --host 127.0.0.1 --port 5000

@@ -36,6 +36,7 @@ NUMERIC = [
     "noise",
 ]
 CATEGORICAL = ["country", "device", "plan", "channel"]
+GENERATOR_VERSION = 2  # bump when the generated data changes
 TARGET = "churned"
 TIME_COLUMN = "ts"
 ID_COLUMN = "customer_id"

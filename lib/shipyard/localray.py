@@ -1,0 +1,124 @@
+"""A local Ray cluster of one's own: `ray start --head --block` on free ports in a private temp dir.
+
+Stopping it signals only the process this object started (and its process group), never other
+Ray clusters on the machine — unlike `ray stop`, which stops every Ray process it finds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for Ray subprocesses: explicit auth mode, no usage stats, no MLflow telemetry."""
+    env = dict(os.environ)
+    # The cluster runs in this interpreter's environment: `python` in a job's entrypoint is ours.
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir]])
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return env
+
+
+class LocalCluster:
+    """`with LocalCluster(num_cpus=2) as c: ...`; `c.address` is the job/dashboard HTTP address."""
+
+    def __init__(self, num_cpus: int = 2, log_path: Path | None = None, timeout_s: float = 120):
+        self.num_cpus = num_cpus
+        self.timeout_s = timeout_s
+        self.temp_dir = tempfile.mkdtemp(prefix="sy-ray-")
+        self.log_path = log_path or Path(self.temp_dir) / "ray-start.log"
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    def start(self) -> LocalCluster:
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        cmd = [
+            ray_bin, "start", "--head", "--block",
+            f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+            f"--port={self.gcs_port}",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True
+        )
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"ray start exited with {self.proc.returncode}; see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.address}/api/version", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"Ray dashboard did not answer within {self.timeout_s}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        """Stop this cluster only: SIGTERM to our `ray start --block` (it stops what it started),
+        then SIGKILL to its own process group if anything is left."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc = None
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
