@@ -41,8 +41,8 @@ lint: install  ## ruff + mypy
 unit: install
 	$(PY) -m pytest -m unit -q
 
-test: install lint  ## the whole suite: unit, model, integration, lint
-	$(PY) -m pytest -q
+test: install lint  ## the whole suite: lint, unit, integration, model
+	$(PY) -m pytest -q --durations=15 -p no:cacheprovider
 
 bench: install  ## benchmarks side by side with their baselines; ROWS=1000000 to scale
 	$(PY) -m benchmarks.run --rows $${ROWS:-1000000} --out benchmarks/results

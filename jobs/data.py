@@ -47,7 +47,11 @@ def resolve_files(path: str, fmt: str = "auto") -> SourceFiles:
         if info.type == pafs.FileType.File and not has_glob:
             found = [root]
         elif info.type == pafs.FileType.Directory:
-            listed = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.is_file]
+            listed = [
+                i.path
+                for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                if i.is_file
+            ]
             pattern = root + rest[len(base) :]
             found = [f for f in listed if fnmatch.fnmatch(f, pattern)] if has_glob else listed
         else:
@@ -61,7 +65,14 @@ def resolve_files(path: str, fmt: str = "auto") -> SourceFiles:
             found = [f for f in glob.glob(p, recursive=True) if os.path.isfile(f)]
     found = sorted(f for f in found if not os.path.basename(f).startswith(("_", ".")))
     if fmt == "auto":
-        kinds = {"parquet" if f.endswith((".parquet", ".pq")) else "csv" if f.endswith((".csv", ".csv.gz")) else "?" for f in found}
+        kinds = {
+            "parquet"
+            if f.endswith((".parquet", ".pq"))
+            else "csv"
+            if f.endswith((".csv", ".csv.gz"))
+            else "?"
+            for f in found
+        }
         found = [f for f in found if f.endswith((".parquet", ".pq", ".csv", ".csv.gz"))]
         kinds.discard("?")
         if len(kinds) > 1:
@@ -118,7 +129,7 @@ class _TagSplit:
         return df
 
 
-def _only(split: int):  # noqa: ANN202 - a Ray Data batch function
+def _only(split: int):
     def keep(df: pd.DataFrame) -> pd.DataFrame:
         return df[df[dataspec.SPLIT_COLUMN] == split].drop(columns=[dataspec.SPLIT_COLUMN])
 
@@ -128,7 +139,9 @@ def _only(split: int):  # noqa: ANN202 - a Ray Data batch function
 class _Profile:
     """Partial profile of one batch, serialised so Ray can return it as a row."""
 
-    def __init__(self, edges: dict[str, list[float]], categorical: list[str], target: str, task: str):
+    def __init__(
+        self, edges: dict[str, list[float]], categorical: list[str], target: str, task: str
+    ):
         self.edges, self.categorical, self.target, self.task = edges, categorical, target, task
 
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:

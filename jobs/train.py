@@ -26,9 +26,21 @@ import shipyard
 from shipyard import evaluation as ev
 from shipyard.artifacts import write_bundle
 from shipyard.config import TrainJobConfig, load_train_config
-from shipyard.errors import ConfigError, DataValidationError, GateFailed, InvalidInput, ShipyardError
+from shipyard.errors import (
+    ConfigError,
+    DataValidationError,
+    GateFailed,
+    InvalidInput,
+    ShipyardError,
+)
 from shipyard.events import EventLog
-from shipyard.onnx_model import OnnxPredictor, build_onnx, native_predict, parity, single_row_latency
+from shipyard.onnx_model import (
+    OnnxPredictor,
+    build_onnx,
+    native_predict,
+    parity,
+    single_row_latency,
+)
 from shipyard.profile import NumericCounts, quantile_edges, reference_profile
 from shipyard.registry import CHALLENGER, CHAMPION, MODEL_DIR, Registry, shipyard_home
 from shipyard.schema import InputSchema
@@ -61,7 +73,9 @@ def git_commit() -> dict[str, str]:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         return {"commit": commit, "dirty": str(bool(dirty)).lower()}
     except (OSError, subprocess.SubprocessError):
@@ -110,9 +124,6 @@ def _champion_metrics(
 def run_training(cfg: TrainJobConfig, run_name: str | None = None) -> TrainReport:
     """The whole training path; also what tuning calls with its best trial's parameters."""
     import ray
-
-    from jobs import data as data_mod
-    from jobs import trainer
 
     home = shipyard_home()
     events = EventLog(home / "events.jsonl", cfg.events.webhook_url)
@@ -291,7 +302,9 @@ def _train_and_register(
     )
 
     if reasons:
-        registry.log(run_id, tags={"shipyard.status": "gates_failed", "shipyard.gates": "; ".join(reasons)})
+        registry.log(
+            run_id, tags={"shipyard.status": "gates_failed", "shipyard.gates": "; ".join(reasons)}
+        )
         events.emit("gate_failed", model=name, run_id=run_id, reasons=reasons)
         return TrainReport(run_id, None, [], reasons, evaluation)
 
@@ -299,7 +312,7 @@ def _train_and_register(
         name,
         run_id,
         tags={
-            "data.sha256": prep.fingerprint["sha256"],
+            "data_fingerprint": prep.fingerprint["sha256"],
             "git_commit": git["commit"],
             primary: f"{metrics[primary]:.6f}",
             "baseline_" + primary: f"{baseline[primary]:.6f}",
@@ -314,7 +327,11 @@ def _train_and_register(
         aliases.append(CHAMPION)
     registry.log(run_id, tags={"shipyard.status": "registered", "shipyard.version": str(version)})
     events.emit(
-        "version_registered", model=name, version=version, run_id=run_id, aliases=aliases,
+        "version_registered",
+        model=name,
+        version=version,
+        run_id=run_id,
+        aliases=aliases,
         **{primary: metrics[primary]},
     )
     return TrainReport(run_id, version, aliases, [], evaluation)
@@ -332,13 +349,18 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="YAML job config (see README: config reference)")
+    ap.add_argument(
+        "--config", required=True, help="YAML job config (see README: config reference)"
+    )
     ap.add_argument("--data", help="override data.path")
     ap.add_argument("--model-name", help="override model.name")
     ap.add_argument("--num-workers", type=int, help="override train.num_workers")
     ap.add_argument("--use-gpu", action="store_true", default=None, help="override train.use_gpu")
     ap.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override any key, e.g. --set gates.max_slice_gap=0.1 (repeatable)",
     )
     ap.add_argument(

@@ -48,7 +48,7 @@ def _report_callback(metrics: dict[str, str], frequency: int) -> Any:
     """
     from ray.train.xgboost import RayTrainReportCallback
 
-    class CheckpointReportCallback(RayTrainReportCallback):  # type: ignore[misc]
+    class CheckpointReportCallback(RayTrainReportCallback):
         def _report_metrics(self, report_dict: dict[str, Any]) -> None:
             return None
 
@@ -125,7 +125,10 @@ def train_xgboost(
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            resources_per_worker={
+                "CPU": cfg.cpus_per_worker,
+                **({"GPU": 1} if cfg.use_gpu else {}),
+            },
         ),
         run_config=RunConfig(
             name=run_name,
@@ -194,7 +197,9 @@ def baseline_frame(df: pd.DataFrame, schema: InputSchema) -> pd.DataFrame:
         if f.kind == "numeric":
             out[f.name] = pd.to_numeric(df[f.name], errors="coerce").astype(np.float64)
         else:
-            out[f.name] = df[f.name].astype("string").astype(object).where(df[f.name].notna(), np.nan)
+            out[f.name] = (
+                df[f.name].astype("string").astype(object).where(df[f.name].notna(), np.nan)
+            )
     return out
 
 

@@ -66,7 +66,7 @@ class DataSection(_Strict):
     @model_validator(mode="after")
     def _no_overlap(self) -> DataSection:
         cats = set(self.categorical or [])
-        for col in [self.target, *( [self.time_column] if self.time_column else [])]:
+        for col in [self.target, *([self.time_column] if self.time_column else [])]:
             if col in cats or col in self.drop:
                 raise ValueError(
                     f"column {col!r} is the target or time column and cannot also be listed "
@@ -81,7 +81,9 @@ class DataSection(_Strict):
 class TrainSection(_Strict):
     num_workers: PositiveInt = Field(2, description="Ray Train workers for XGBoost.")
     cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs reserved per training worker.")
-    use_gpu: bool = Field(False, description="Train on GPUs (device=cuda) where the cluster has them.")
+    use_gpu: bool = Field(
+        False, description="Train on GPUs (device=cuda) where the cluster has them."
+    )
     num_boost_round: PositiveInt = Field(300, description="Upper bound on boosting rounds.")
     early_stopping_rounds: PositiveInt = Field(
         20, description="Stop when the validation metric has not improved for this many rounds."
@@ -227,4 +229,4 @@ def load_train_config(
     if isinstance(raw, dict):
         for key, value in (overrides or {}).items():
             set_override(raw, key, value)
-    return parse_config(raw, TrainJobConfig, source=str(path))  # type: ignore[no-any-return]
+    return parse_config(raw, TrainJobConfig, source=str(path))

@@ -228,9 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--format", default="parquet", choices=["parquet", "csv"])
     ap.add_argument("--extra-numeric", type=int, default=0)
     a = ap.parse_args(argv)
-    paths = write_dataset(
-        a.out_dir, a.rows, a.seed, a.scenario, a.files, a.format, a.extra_numeric
-    )
+    paths = write_dataset(a.out_dir, a.rows, a.seed, a.scenario, a.files, a.format, a.extra_numeric)
     print(f"wrote {a.rows} rows to {len(paths)} files under {a.out_dir}")
 
 

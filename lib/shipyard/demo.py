@@ -21,7 +21,9 @@ CONFIG = "jobs/configs/demo.yaml"
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except OSError:
         return ""
 
@@ -47,7 +49,9 @@ def summarize(registry: Registry, name: str, version: int) -> str:
         )
     w = ev.get("worst_slice")
     if w:
-        lines.append(f"  worst slice: {w['feature']}={w['value']} {p} {w[p]:.4f} (gap {w['gap']:.4f}, {w['rows']} rows)")
+        lines.append(
+            f"  worst slice: {w['feature']}={w['value']} {p} {w[p]:.4f} (gap {w['gap']:.4f}, {w['rows']} rows)"
+        )
     lines += [
         f"  ONNX single-row p50 {lat['p50_ms'] * 1000:.0f} µs, p99 {lat['p99_ms'] * 1000:.0f} µs"
         f" (budget {ev['gates']['latency_budget_ms']} ms); parity max |Δ| {par['max_abs_diff']:.2g}",
@@ -88,13 +92,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Ray dashboard and job API at {cluster.address}", flush=True)
         cmd = submit_command(
             cluster.address,
-            ["python", "-m", "jobs.train", "--config", CONFIG, "--data", str(data_dir / "*.parquet")],
+            [
+                "python",
+                "-m",
+                "jobs.train",
+                "--config",
+                CONFIG,
+                "--data",
+                str(data_dir / "*.parquet"),
+            ],
             env_vars={
                 HOME_ENV: str(home),
                 "MLFLOW_TRACKING_URI": tracking_uri,
                 "MLFLOW_DISABLE_TELEMETRY": "true",
                 "SHIPYARD_GIT_COMMIT": _git("rev-parse", "HEAD") or "unknown",
-                "SHIPYARD_GIT_DIRTY": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+                "SHIPYARD_GIT_DIRTY": str(
+                    bool(_git("status", "--porcelain", "--untracked-files=no"))
+                ).lower(),
             },
             submission_id=f"shipyard-demo-{uuid.uuid4().hex[:8]}",
         )
@@ -102,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         rc = subprocess.run(cmd, env=ray_env()).returncode
     after = {int(v.version) for v in registry.versions(name)} - before
     if rc != 0 or not after:
-        print(f"\nthe training job did not register a version (exit code {rc}); see its log above",
-              file=sys.stderr)
+        print(
+            f"\nthe training job did not register a version (exit code {rc}); see its log above",
+            file=sys.stderr,
+        )
         return rc or 1
     print("\n" + summarize(registry, name, max(after)))
     return 0

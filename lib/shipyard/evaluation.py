@@ -78,7 +78,13 @@ def slice_metrics(
             n = int(m.sum())
             metric = task_metrics(task, y[m], out[m]).get(name, math.nan) if n else math.nan
             rows.append(
-                {"feature": col, "value": str(value), "rows": n, name: metric, "gated": n >= min_rows}
+                {
+                    "feature": col,
+                    "value": str(value),
+                    "rows": n,
+                    name: metric,
+                    "gated": n >= min_rows,
+                }
             )
     return rows
 

@@ -6,6 +6,7 @@ Ray clusters on the machine — unlike `ray stop`, which stops every Ray process
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -33,7 +34,9 @@ def ray_env() -> dict[str, str]:
     env = dict(os.environ)
     # The cluster runs in this interpreter's environment: `python` in a job's entrypoint is ours.
     bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir]])
+    env["PATH"] = os.pathsep.join(
+        [bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir]]
+    )
     env.setdefault("RAY_AUTH_MODE", "disabled")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -95,7 +98,9 @@ class LocalCluster:
             except OSError:
                 time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"Ray dashboard did not answer within {self.timeout_s}s; see {self.log_path}")
+        raise TimeoutError(
+            f"Ray dashboard did not answer within {self.timeout_s}s; see {self.log_path}"
+        )
 
     def stop(self) -> None:
         """Stop this cluster only: SIGTERM to our `ray start --block` (it stops what it started),
@@ -104,14 +109,10 @@ class LocalCluster:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.proc = None
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 

@@ -67,9 +67,7 @@ def build_onnx(booster: xgb.Booster, schema: InputSchema) -> onnx.ModelProto:
     g.node.extend(nodes + old)
 
     # Canonical output names, whatever the converter called them.
-    rename = (
-        {"variable": "prediction"} if schema.task == "regression" else {}
-    )
+    rename = {"variable": "prediction"} if schema.task == "regression" else {}
     for o in g.output:
         if o.name in rename:
             new = rename[o.name]
@@ -133,7 +131,12 @@ def parity(
     if predictor.schema.task == "regression":
         diff = diff / np.maximum(1.0, np.abs(b))
     worst = float(diff.max()) if diff.size else 0.0
-    report = {"rows": len(df), "max_abs_diff": worst, "tolerance": tolerance, "ok": worst <= tolerance}
+    report = {
+        "rows": len(df),
+        "max_abs_diff": worst,
+        "tolerance": tolerance,
+        "ok": worst <= tolerance,
+    }
     if not report["ok"]:
         raise ArtifactError(
             f"ONNX export refused: max |ONNX - native| = {worst:.3g} on {len(df)} holdout rows "

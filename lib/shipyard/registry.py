@@ -98,9 +98,7 @@ class Registry:
         return str(self.client.get_run(run_id).info.artifact_uri)
 
     # --- registry -------------------------------------------------------------------------
-    def register(
-        self, name: str, run_id: str, tags: dict[str, str], description: str = ""
-    ) -> int:
+    def register(self, name: str, run_id: str, tags: dict[str, str], description: str = "") -> int:
         """Create a version from the run's model/ directory; aliases are set separately."""
         from mlflow.exceptions import MlflowException
 

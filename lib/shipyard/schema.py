@@ -61,9 +61,7 @@ class InputSchema:
     def check_columns(self, df: pd.DataFrame) -> None:
         missing = [n for n in self.names if n not in df.columns]
         if missing:
-            raise InvalidInput(
-                f"missing feature column(s) {missing}; the model takes {self.names}"
-            )
+            raise InvalidInput(f"missing feature column(s) {missing}; the model takes {self.names}")
 
     def encode(self, df: pd.DataFrame) -> np.ndarray:
         """Raw frame -> float32 matrix in feature order (the booster's input)."""
@@ -141,8 +139,7 @@ class InputSchema:
             time_column=d.get("time_column"),
             dropped=tuple(d.get("dropped", [])),
             features=tuple(
-                Feature(f["name"], f["kind"], tuple(f.get("categories", ())))
-                for f in d["features"]
+                Feature(f["name"], f["kind"], tuple(f.get("categories", ()))) for f in d["features"]
             ),
         )
 

@@ -1,0 +1,128 @@
+"""Markers by folder: tests/unit -> unit, tests/integration -> integration, tests/model -> model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Explicit, before anything imports Ray or MLflow: token auth off, no telemetry.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for kind in ("unit", "integration", "model"):
+            if f"{os.sep}tests{os.sep}{kind}{os.sep}" in str(item.fspath):
+                item.add_marker(getattr(pytest.mark, kind))
+
+
+# --- Session fixtures shared by integration and model tests (created only when requested) ----
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "churn-test"
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("shipyard-home")
+
+
+@pytest.fixture(scope="session")
+def job_env(home: Path) -> dict[str, str]:
+    """Environment of the jobs and of the registry as the tests see it."""
+    return {
+        "SHIPYARD_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "SHIPYARD_GIT_COMMIT": "0123456789abcdef0123456789abcdef01234567",
+    }
+
+
+@pytest.fixture(scope="session")
+def cluster(home: Path) -> Iterator[Any]:
+    """A Ray cluster of this test session's own (2 CPUs), stopped by its own PID at the end."""
+    from shipyard.localray import LocalCluster
+
+    with LocalCluster(num_cpus=2, log_path=home / "ray-start.log") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def dataset(home: Path) -> Path:
+    from shipyard import datagen
+
+    datagen.write_dataset(home / "data", 8000, seed=0, files=3)
+    return home / "data"
+
+
+def write_config(path: Path, data_path: str, **sections: dict[str, Any]) -> Path:
+    cfg: dict[str, Any] = {
+        "model": {"name": MODEL},
+        "data": {
+            "path": data_path, "target": "churned", "task": "binary",
+            "drop": ["customer_id"], "time_column": "ts", "holdout": 0.25,
+        },
+        "train": {
+            "num_workers": 2, "num_boost_round": 80, "early_stopping_rounds": 10,
+            "checkpoint_every": 10, "params": {"max_depth": 5, "eta": 0.15},
+        },
+    }  # fmt: skip
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def submit(
+    cluster: Any, job_env: dict[str, str], args: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """The real `ray job submit` CLI, shipping this checkout as the job's runtime env."""
+    from shipyard.localray import ray_env
+    from shipyard.submit import submit_command
+
+    cmd = submit_command(cluster.address, ["python", "-m", "jobs.train", *args], env_vars=job_env)
+    return subprocess.run(cmd, cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=600)
+
+
+def run_job(
+    cluster: Any, job_env: dict[str, str], args: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """`python -m jobs.train` as its own driver, attached to the session's cluster."""
+    env = {**os.environ, **job_env}
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.train", "--address", cluster.gcs_address, *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained(cluster: Any, dataset: Path, job_env: dict[str, str], home: Path) -> dict[str, Any]:
+    """One real training run through `ray job submit`; later tests inspect what it left."""
+    cfg = write_config(home / "train.yaml", str(dataset / "*.parquet"))
+    proc = submit(cluster, job_env, ["--config", str(cfg)])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    line = next(x for x in out.splitlines() if x.startswith("SHIPYARD_RESULT "))
+    return {
+        "result": json.loads(line.removeprefix("SHIPYARD_RESULT ")),
+        "output": out,
+        "config": cfg,
+    }
+
+
+@pytest.fixture(scope="session")
+def registry(job_env: dict[str, str]) -> Any:
+    from shipyard.registry import Registry
+
+    return Registry(job_env["MLFLOW_TRACKING_URI"])

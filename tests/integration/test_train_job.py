@@ -1,0 +1,121 @@
+"""The training job through the real `ray job submit` CLI, a real local Ray and a real MLflow store."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from shipyard import datagen
+from shipyard.artifacts import REQUIRED
+from shipyard.events import EventLog
+from shipyard.onnx_model import OnnxPredictor, native_predict, parity
+from shipyard.registry import CHALLENGER, CHAMPION
+from shipyard.schema import InputSchema
+from tests.conftest import MODEL, run_job, submit
+
+
+def test_job_registers_a_complete_version(trained: dict[str, Any], registry: Any) -> None:
+    assert "succeeded" in trained["output"]  # the `ray job submit` CLI's own verdict
+    res = trained["result"]
+    assert res["registered_version"] == 1
+    assert registry.aliases(MODEL) == {CHAMPION: 1, CHALLENGER: 1}
+    assert res["metrics"]["auc"] > res["baseline"]["auc"]
+
+    mv = registry.get_version(MODEL, 1)
+    run = registry.client.get_run(mv.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.source.git.commit"] == "0123456789abcdef0123456789abcdef01234567"
+    assert run.data.tags["shipyard.status"] == "registered"
+    assert run.data.params["train.num_workers"] == "2"
+    for m in (
+        "auc",
+        "log_loss",
+        "accuracy",
+        "f1",
+        "calibration_error",
+        "baseline_auc",
+        "onnx_p50_ms",
+    ):
+        assert m in run.data.metrics, m
+    assert mv.tags["data_fingerprint"] == run.data.params["data.sha256"]
+
+
+def test_bundle_is_self_contained_and_verified(
+    trained: dict[str, Any], registry: Any, tmp_path: Path
+) -> None:
+    bundle = registry.download(MODEL, CHAMPION, tmp_path)  # verifies every checksum
+    names = {p.name for p in bundle.iterdir()}
+    assert set(REQUIRED) | {"manifest.json", "lineage.json"} <= names
+    assert not any(n.endswith((".pkl", ".pickle", ".joblib")) for n in names)
+
+    schema = InputSchema.from_dict(json.loads((bundle / "input_schema.json").read_text()))
+    assert "customer_id" not in schema.names and "ts" not in schema.names
+    assert {f.name for f in schema.features if f.kind == "categorical"} == set(datagen.CATEGORICAL)
+    profile = json.loads((bundle / "reference_profile.json").read_text())
+    assert set(profile["features"]) == set(schema.names)
+    assert profile["features"]["income"]["missing_rate"] > 0.02
+    assert profile["prediction"]["counts"]
+
+    evaluation = json.loads((bundle / "evaluation.json").read_text())
+    assert evaluation["gates"]["passed"] is True
+    assert {s["feature"] for s in evaluation["slices"]} == set(datagen.CATEGORICAL)
+    lineage = json.loads((bundle / "lineage.json").read_text())
+    assert lineage["data"]["files"] and all("sha256" in f for f in lineage["data"]["files"])
+
+    # The registered ONNX graph and the native booster agree on raw, drifted data.
+    booster = xgb.Booster(model_file=str(bundle / "booster.ubj"))
+    predictor = OnnxPredictor((bundle / "model.onnx").read_bytes(), schema)
+    fresh = pd.concat(
+        [
+            datagen.generate(1000, seed=42),
+            datagen.generate(500, seed=43, scenario="unseen_categories"),
+        ]
+    )
+    assert parity(predictor, booster, fresh, 1e-5)["max_abs_diff"] <= 1e-5
+    assert np.isfinite(native_predict(booster, schema, fresh)).all()
+
+
+def test_checkpoints_and_events(trained: dict[str, Any], registry: Any, home: Path) -> None:
+    evaluation = json.loads(
+        (registry.download(MODEL, 1, home / "dl-ck") / "evaluation.json").read_text()
+    )
+    ckpt = Path(evaluation["training"]["checkpoint"])
+    assert (ckpt / "model.ubj").is_file()
+    kinds = [e["kind"] for e in EventLog(home / "events.jsonl").read() if e.get("model") == MODEL]
+    assert kinds[:3] == ["run_started", "version_registered", "run_finished"]
+
+
+def test_second_run_is_challenger_and_compared_to_champion(
+    trained: dict[str, Any], cluster: Any, job_env: dict[str, str], registry: Any, home: Path
+) -> None:
+    proc = submit(
+        cluster, job_env, ["--config", str(trained["config"]), "--set", "train.params.eta=0.3"]
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert registry.aliases(MODEL) == {CHAMPION: 1, CHALLENGER: 2}
+    ev = json.loads((registry.download(MODEL, 2, home / "dl-2") / "evaluation.json").read_text())
+    assert ev["champion"]["version"] == 1 and ev["champion"]["comparable"] is True
+    assert ev["lift_over_champion"] == ev["metrics"]["auc"] - ev["champion"]["auc"]
+
+
+def test_failed_gate_is_tracked_and_registers_nothing(
+    trained: dict[str, Any], cluster: Any, job_env: dict[str, str], registry: Any, home: Path
+) -> None:
+    before = sorted(int(v.version) for v in registry.versions(MODEL))
+    aliases = registry.aliases(MODEL)
+    proc = run_job(
+        cluster, job_env, ["--config", str(trained["config"]), "--set", "gates.baseline_margin=0.5"]
+    )
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "gates.baseline_margin=0.5" in proc.stderr
+    assert sorted(int(v.version) for v in registry.versions(MODEL)) == before
+    assert registry.aliases(MODEL) == aliases
+    runs = registry.client.search_runs(
+        [registry.client.get_experiment_by_name(f"shipyard/{MODEL}").experiment_id],
+        "tags.`shipyard.status` = 'gates_failed'",
+    )
+    assert len(runs) == 1 and "baseline_margin" in runs[0].data.tags["shipyard.gates"]
+    assert any(e["kind"] == "gate_failed" for e in EventLog(home / "events.jsonl").read())

@@ -1,0 +1,69 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from shipyard import evaluation as ev
+from shipyard.config import GatesSection
+
+
+def test_binary_metrics_match_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(y * 0.3 + rng.random(500) * 0.7, 0, 1)
+    m = ev.task_metrics("binary", y, p)
+    assert m["auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, p))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, p >= 0.5))
+
+
+def test_calibration_error() -> None:
+    rng = np.random.default_rng(1)
+    p = rng.random(200_000)
+    y = (rng.random(200_000) < p).astype(int)  # calibrated by construction
+    assert ev.expected_calibration_error(y, p) < 0.01
+    assert ev.expected_calibration_error(y, np.clip(p + 0.2, 0, 1)) > 0.1
+
+
+def test_multiclass_and_regression() -> None:
+    y = np.array([0, 1, 2, 2])
+    proba = np.eye(3)[[0, 1, 2, 1]] * 0.9 + 0.1 / 3
+    m = ev.task_metrics("multiclass", y, proba)
+    assert m["accuracy"] == 0.75
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, [0, 1, 2, 1], average="macro"))
+    r = ev.task_metrics("regression", np.array([1.0, 2, 3]), np.array([1.0, 2, 4]))
+    assert r["rmse"] == pytest.approx(math.sqrt(1 / 3)) and r["mae"] == pytest.approx(1 / 3)
+
+
+def test_slices_and_worst() -> None:
+    frame = pd.DataFrame({"c": ["a"] * 100 + ["b"] * 100 + [None] * 10})
+    y = np.r_[np.tile([0, 1], 50), np.tile([0, 1], 50), np.tile([0, 1], 5)]
+    good = y * 0.8 + 0.1
+    p = np.r_[good[:100], 1 - good[100:200], good[200:]]  # slice b is inverted
+    overall = ev.task_metrics("binary", y, p)["auc"]
+    slices = ev.slice_metrics("binary", frame, y, p, ["c"], min_rows=50)
+    by = {s["value"]: s for s in slices}
+    assert by["a"]["auc"] == 1.0 and by["b"]["auc"] == 0.0
+    assert not by["<missing>"]["gated"]
+    worst = ev.worst_slice("binary", slices, overall)
+    assert worst is not None and worst["value"] == "b" and worst["gap"] == pytest.approx(overall)
+
+
+def test_gates() -> None:
+    g = GatesSection(
+        baseline_margin=0.01, max_slice_gap=0.1, latency_budget_ms=1.0, champion_margin=0.0
+    )
+    ok = ev.check_gates("binary", g, {"auc": 0.8}, {"auc": 0.7}, {"auc": 0.79}, None, 0.1)
+    assert ok == []
+    reasons = ev.check_gates(
+        "binary", g, {"auc": 0.8}, {"auc": 0.795}, {"auc": 0.81},
+        {"feature": "c", "value": "b", "rows": 99, "auc": 0.6, "gap": 0.2}, 2.0,
+    )  # fmt: skip
+    text = "\n".join(reasons)
+    assert len(reasons) == 4
+    for needle in ("baseline_margin", "champion_margin", "slice c=b", "latency_budget_ms"):
+        assert needle in text
+    # lower-is-better metric: smaller RMSE is a positive lift
+    assert ev.lift("regression", 1.0, 2.0) == 1.0
