@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export SHIPYARD_HOME ?= $(abspath $(STATE))
 
-.PHONY: install lock demo test lint unit bench clean help mlflow-ui
+.PHONY: install lock demo test lint unit bench docs clean help mlflow-ui
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -52,3 +52,6 @@ clean:
 
 mlflow-ui: install  ## MLflow UI over the local tracking store, http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(SHIPYARD_HOME)/mlflow.db --host 127.0.0.1 --port 5000
+
+docs: install  ## regenerate README's config reference and benchmark table
+	$(PY) -m benchmarks.docs

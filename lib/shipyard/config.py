@@ -99,9 +99,6 @@ class TrainSection(_Strict):
         default_factory=lambda: {"max_depth": 6, "eta": 0.1, "subsample": 0.9},
         description="XGBoost booster parameters; objective and eval metric follow data.task.",
     )
-    baseline_max_rows: PositiveInt = Field(
-        200_000, description="Rows sampled from the training split to fit the baseline."
-    )
 
     @field_validator("params")
     @classmethod
@@ -230,3 +227,31 @@ def load_train_config(
         for key, value in (overrides or {}).items():
             set_override(raw, key, value)
     return parse_config(raw, TrainJobConfig, source=str(path))
+
+
+def reference_markdown(model: type[BaseModel] = TrainJobConfig) -> str:
+    """The config reference table in README.md, generated from the models' field descriptions."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(m: type[BaseModel], prefix: str) -> None:
+        for name, field in m.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            if field.is_required():
+                default = "required"
+            elif field.default_factory is not None:
+                default = f"`{field.default_factory()}`"  # type: ignore[call-arg]
+            else:
+                default = f"`{field.default}`"
+            typ = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            cells = [f"`{prefix}{name}`", typ, default, field.description or ""]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+
+    walk(model, "")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -29,6 +29,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is still running (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def ray_env() -> dict[str, str]:
     """Environment for Ray subprocesses: explicit auth mode, no usage stats, no MLflow telemetry."""
     env = dict(os.environ)
@@ -103,16 +115,20 @@ class LocalCluster:
         )
 
     def stop(self) -> None:
-        """Stop this cluster only: SIGTERM to our `ray start --block` (it stops what it started),
-        then SIGKILL to its own process group if anything is left."""
+        """Stop this cluster only: SIGTERM to the process group our `ray start` leads (GCS, raylet,
+        workers: a graceful stop), then SIGKILL to that group for anything still running."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=30)
+        pgid = self.proc.pid  # start_new_session=True: the group is ours alone
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 5  # a throwaway cluster: short grace, then SIGKILL
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
         self.proc = None
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 

@@ -84,8 +84,9 @@ def test_checkpoints_and_events(trained: dict[str, Any], registry: Any, home: Pa
     )
     ckpt = Path(evaluation["training"]["checkpoint"])
     assert (ckpt / "model.ubj").is_file()
-    kinds = [e["kind"] for e in EventLog(home / "events.jsonl").read() if e.get("model") == MODEL]
-    assert kinds[:3] == ["run_started", "version_registered", "run_finished"]
+    run_id = trained["result"]["run_id"]
+    kinds = [e["kind"] for e in EventLog(home / "events.jsonl").read() if e.get("run_id") == run_id]
+    assert kinds == ["run_started", "version_registered", "run_finished"]
 
 
 def test_second_run_is_challenger_and_compared_to_champion(

@@ -1,0 +1,28 @@
+"""`make docs`: refresh the generated parts of README.md (config reference, benchmark table)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from shipyard.config import reference_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    return pattern.sub(lambda m: m.group(1) + body.strip() + "\n" + m.group(2), text)
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = replace_block(readme.read_text(), "config-reference", reference_markdown())
+    bench = ROOT / "benchmarks" / "results" / "foundation.md"
+    if bench.exists():
+        text = replace_block(text, "bench", bench.read_text())
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
