@@ -171,11 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
+    import ray.data
 
     with tempfile.TemporaryDirectory(prefix="shipyard-bench-") as tmp:
         files, schema = make_data(args.rows, Path(tmp) / "data")
         sr = bench_single_row(files, schema)
         ray.init(address="local", num_cpus=THREADS, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().use_datasource_v2 = False  # as jobs.data.read does
         try:
             ld = bench_load(files)
             tr = bench_training(files, schema, str(Path(tmp) / "ckpt"))
@@ -187,7 +189,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "foundation.md").write_text(text + "\n")
     (out / "foundation.json").write_text(
-        json.dumps({"rows": args.rows, "training": tr, "load": ld, "single_row": sr, "machine": machine()}, indent=1)
+        json.dumps(
+            {"rows": args.rows, "training": tr, "load": ld, "single_row": sr, "machine": machine()},
+            indent=1,
+        )
     )
 
 

@@ -110,7 +110,8 @@ def fingerprint(src: SourceFiles, mode: str = "content") -> dict[str, Any]:
     return {"mode": mode, "sha256": whole.hexdigest(), "files": files}
 
 
-def read(src: SourceFiles) -> ray.data.Dataset:
+def read(src: SourceFiles, datasource_v2: bool = False) -> ray.data.Dataset:
+    ray.data.DataContext.get_current().use_datasource_v2 = datasource_v2
     fs = None if isinstance(src.filesystem, pafs.LocalFileSystem) else src.filesystem
     if src.fmt == "parquet":
         return ray.data.read_parquet(src.paths, filesystem=fs)
@@ -186,7 +187,9 @@ def prepare(cfg: DataSection) -> Prepared:
     src = resolve_files(cfg.path, cfg.format)
     fp = fingerprint(src, cfg.fingerprint)
     try:
-        raw = read(src).materialize()  # one read; every pass below starts from these blocks
+        raw = read(
+            src, cfg.ray_datasource_v2
+        ).materialize()  # one read; every pass below starts from these blocks
     except Exception as err:  # unreadable file: name it rather than a stack of Ray frames
         raise DataValidationError(f"data.path {cfg.path!r} could not be read: {err}") from None
     arrow_schema = raw.schema()

@@ -59,6 +59,11 @@ class DataSection(_Strict):
     max_categories: PositiveInt = Field(
         200, description="Most frequent categories kept per feature; rarer ones count as unseen."
     )
+    ray_datasource_v2: bool = Field(
+        False,
+        description="Use Ray Data's V2 file datasource. Off by default: in Ray 2.60 its parquet "
+        "reader starts footer-reading actors on every read (seconds of fixed cost per read).",
+    )
     fingerprint: Literal["content", "metadata"] = Field(
         "content", description="Hash file contents (exact) or only names, sizes and mtimes (fast)."
     )
