@@ -29,7 +29,6 @@ from shipyard.config import TrainJobConfig, load_train_config
 from shipyard.errors import (
     ConfigError,
     DataValidationError,
-    GateFailed,
     InvalidInput,
     ShipyardError,
 )
@@ -399,9 +398,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataValidationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
-    except GateFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_GATES
     except ShipyardError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

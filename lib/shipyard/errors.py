@@ -45,13 +45,3 @@ class ArtifactError(ShipyardError):
     """A model artifact is missing, corrupt (checksum mismatch) or fails export parity."""
 
     http_status = 500
-
-
-class GateFailed(ShipyardError):
-    """A candidate failed one or more promotion gates; it is tracked but not registered."""
-
-    http_status = 409
-
-    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
-        super().__init__(message, reasons)
-        self.reasons = list(reasons or [])
