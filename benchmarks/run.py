@@ -147,7 +147,7 @@ def table(rows: int, tr: dict[str, Any], ld: dict[str, float], sr: dict[str, flo
         return f"{a / b:.2f}"
 
     lines = [
-        f"Foundation benchmarks — {rows:,} rows x 30 features, {ROUNDS} rounds, {THREADS} threads",
+        f"Foundation benchmarks — {rows:,} rows x 30 features, {ROUNDS} rounds, {THREADS} threads  ",
         f"Machine: {machine()}",
         "",
         "| measure | Shipyard | baseline | ratio | goal |",

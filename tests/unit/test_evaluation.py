@@ -33,6 +33,8 @@ def test_multiclass_and_regression() -> None:
     m = ev.task_metrics("multiclass", y, proba)
     assert m["accuracy"] == 0.75
     assert m["macro_f1"] == pytest.approx(skm.f1_score(y, [0, 1, 2, 1], average="macro"))
+    one_class = ev.task_metrics("multiclass", np.array([2, 2]), np.eye(3)[[2, 2]])
+    assert one_class["macro_f1"] == 1.0  # a one-class slice predicted perfectly is perfect
     r = ev.task_metrics("regression", np.array([1.0, 2, 3]), np.array([1.0, 2, 4]))
     assert r["rmse"] == pytest.approx(math.sqrt(1 / 3)) and r["mae"] == pytest.approx(1 / 3)
 
