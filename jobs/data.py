@@ -204,9 +204,10 @@ def prepare(cfg: DataSection) -> Prepared:
         times = ds.select_columns([cfg.time_column]).to_pandas()[cfg.time_column]
         cutoff = times.quantile(1 - cfg.holdout, interpolation="higher")
 
-    tagged = ds.map_batches(_TagSplit(cfg, cutoff), batch_format="pandas")
-    # Used four times below (count, sample, profile, encode): keep it rather than recompute.
-    train_raw = tagged.map_batches(_only(dataspec.TRAIN), batch_format="pandas").materialize()
+    # Hash every row once; the three splits below are cheap filters over these blocks.
+    tagged = ds.map_batches(_TagSplit(cfg, cutoff), batch_format="pandas").materialize()
+    del raw, ds  # the tagged blocks hold everything from here on; let Ray free the raw ones
+    train_raw = tagged.map_batches(_only(dataspec.TRAIN), batch_format="pandas")
     valid_raw = tagged.map_batches(_only(dataspec.VALID), batch_format="pandas")
     holdout = tagged.map_batches(_only(dataspec.HOLDOUT), batch_format="pandas").to_pandas()
 

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import ray
+import xgboost as xgb
 import yaml
 
 import shipyard
@@ -33,6 +34,7 @@ from shipyard.errors import (
     ShipyardError,
 )
 from shipyard.events import EventLog
+from shipyard.lineage import git_commit
 from shipyard.onnx_model import (
     OnnxPredictor,
     build_onnx,
@@ -56,29 +58,6 @@ class TrainReport:
     aliases: list[str]
     gate_failures: list[str]
     evaluation: dict[str, Any]
-
-
-def git_commit() -> dict[str, str]:
-    """The code's commit: $SHIPYARD_GIT_COMMIT (set by submitters; a job's working dir has no
-    .git), else `git rev-parse`, else 'unknown'."""
-    if os.environ.get("SHIPYARD_GIT_COMMIT"):
-        return {
-            "commit": os.environ["SHIPYARD_GIT_COMMIT"],
-            "dirty": os.environ.get("SHIPYARD_GIT_DIRTY", "unknown"),
-        }
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return {"commit": commit, "dirty": str(bool(dirty)).lower()}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": "unknown"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -111,10 +90,12 @@ def _champion_metrics(
     mv = registry.champion(name)
     if mv is None:
         return None
-    bundle = registry.download(name, CHAMPION)
-    schema = InputSchema.from_dict(json.loads((bundle / "input_schema.json").read_text()))
+    with tempfile.TemporaryDirectory(prefix="shipyard-champion-") as tmp:
+        bundle = registry.download(name, CHAMPION, Path(tmp))
+        schema = InputSchema.from_dict(json.loads((bundle / "input_schema.json").read_text()))
+        model_bytes = (bundle / "model.onnx").read_bytes()
     try:
-        out = OnnxPredictor((bundle / "model.onnx").read_bytes(), schema).predict(holdout)
+        out = OnnxPredictor(model_bytes, schema).predict(holdout)
     except InvalidInput as err:
         return {"version": int(mv.version), "comparable": False, "reason": str(err)}
     return {"version": int(mv.version), "comparable": True, **ev.task_metrics(task, y, out)}
@@ -122,7 +103,6 @@ def _champion_metrics(
 
 def run_training(cfg: TrainJobConfig, run_name: str | None = None) -> TrainReport:
     """The whole training path; also what tuning calls with its best trial's parameters."""
-    import ray
 
     home = shipyard_home()
     events = EventLog(home / "events.jsonl", cfg.events.webhook_url)
@@ -262,8 +242,8 @@ def _train_and_register(
         "config": cfg.model_dump(mode="json"),
         "versions": {
             "shipyard": shipyard.__version__,
-            "xgboost": __import__("xgboost").__version__,
-            "ray": __import__("ray").__version__,
+            "xgboost": xgb.__version__,
+            "ray": ray.__version__,
         },
     }
     profile = reference_profile(prep.profile, schema, _prediction_profile(schema, out))
@@ -389,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
-
-    import ray
 
     ray.init(address=args.address, log_to_driver=True)
     try:

@@ -8,10 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
 from shipyard import datagen
+from shipyard.lineage import git_env
 from shipyard.localray import LocalCluster, ray_env
 from shipyard.registry import HOME_ENV, Registry, resolve_tracking_uri
 from shipyard.submit import submit_command
@@ -19,19 +21,12 @@ from shipyard.submit import submit_command
 CONFIG = "jobs/configs/demo.yaml"
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except OSError:
-        return ""
-
-
 def summarize(registry: Registry, name: str, version: int) -> str:
     """A few lines a person can read: metrics against baseline, slices, latency, where to look."""
-    bundle = registry.download(name, version)
-    ev = json.loads((bundle / "evaluation.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="shipyard-summary-") as tmp:
+        bundle = registry.download(name, version, Path(tmp))  # verifies the checksums
+        ev = json.loads((bundle / "evaluation.json").read_text())
+        files = sorted(f.name for f in bundle.iterdir())
     p = ev["primary_metric"]
     m, b = ev["metrics"], ev["baseline"]
     aliases = sorted(a for a, v in registry.aliases(name).items() if v == version)
@@ -57,7 +52,7 @@ def summarize(registry: Registry, name: str, version: int) -> str:
         f" (budget {ev['gates']['latency_budget_ms']} ms); parity max |Δ| {par['max_abs_diff']:.2g}",
         f"  trained {ev['training']['best_iteration'] + 1} rounds on {ev['training']['num_workers']} "
         f"Ray Train workers in {ev['training']['seconds_train']:.1f}s",
-        f"  artifacts: {', '.join(sorted(p_.name for p_ in bundle.iterdir()))}",
+        f"  artifacts: {', '.join(files)}",
         f"  MLflow UI: make mlflow-ui, then http://127.0.0.1:5000 (experiment shipyard/{name},"
         f" model {name})",
     ]
@@ -105,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 HOME_ENV: str(home),
                 "MLFLOW_TRACKING_URI": tracking_uri,
                 "MLFLOW_DISABLE_TELEMETRY": "true",
-                "SHIPYARD_GIT_COMMIT": _git("rev-parse", "HEAD") or "unknown",
-                "SHIPYARD_GIT_DIRTY": str(
-                    bool(_git("status", "--porcelain", "--untracked-files=no"))
-                ).lower(),
+                **git_env(),
             },
             submission_id=f"shipyard-demo-{uuid.uuid4().hex[:8]}",
         )

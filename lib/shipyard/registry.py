@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ class Registry:
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        ts = int(1000 * __import__("time").time())
+        ts = int(1000 * time.time())
         ps = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
         ms = [
             Metric(k, float(v), ts, 0)
