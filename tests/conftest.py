@@ -31,6 +31,7 @@ import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "churn-test"
+ADMIN_TOKEN = "test-admin-token"
 
 
 @pytest.fixture(scope="session")
@@ -50,11 +51,15 @@ def job_env(home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def cluster(home: Path) -> Iterator[Any]:
-    """A Ray cluster of this test session's own (2 CPUs), stopped by its own PID at the end."""
+def cluster(home: Path, job_env: dict[str, str]) -> Iterator[Any]:
+    """A Ray cluster of this test session's own (2 CPUs), stopped by its own PID at the end.
+
+    Its processes see the registry of the tests and the serving app's admin token.
+    """
     from shipyard.localray import LocalCluster
 
-    with LocalCluster(num_cpus=2, log_path=home / "ray-start.log") as c:
+    env = {**job_env, "SHIPYARD_ADMIN_TOKEN": ADMIN_TOKEN}
+    with LocalCluster(num_cpus=2, log_path=home / "ray-start.log", env=env) as c:
         yield c
 
 

@@ -58,8 +58,16 @@ def ray_env() -> dict[str, str]:
 class LocalCluster:
     """`with LocalCluster(num_cpus=2) as c: ...`; `c.address` is the job/dashboard HTTP address."""
 
-    def __init__(self, num_cpus: int = 2, log_path: Path | None = None, timeout_s: float = 120):
+    def __init__(
+        self,
+        num_cpus: int = 2,
+        log_path: Path | None = None,
+        timeout_s: float = 120,
+        env: dict[str, str] | None = None,
+    ):
         self.num_cpus = num_cpus
+        self.env = env or {}  # extra environment of every Ray process (e.g. an admin token)
+        self.metrics_port = free_port()
         self.timeout_s = timeout_s
         self.temp_dir = tempfile.mkdtemp(prefix="sy-ray-")
         self.log_path = log_path or Path(self.temp_dir) / "ray-start.log"
@@ -86,7 +94,7 @@ class LocalCluster:
             f"--dashboard-port={self.dashboard_port}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
+            f"--metrics-export-port={self.metrics_port}",
             f"--runtime-env-agent-port={free_port()}",
             f"--ray-client-server-port={free_port()}",
             f"--temp-dir={self.temp_dir}",
@@ -95,7 +103,11 @@ class LocalCluster:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**ray_env(), **self.env},
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:

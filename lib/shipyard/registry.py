@@ -118,6 +118,9 @@ class Registry:
     def set_alias(self, name: str, alias: str, version: int) -> None:
         self.client.set_registered_model_alias(name, alias, str(version))
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.client.delete_registered_model_alias(name, alias)
+
     def aliases(self, name: str) -> dict[str, int]:
         from mlflow.exceptions import MlflowException
 

@@ -97,6 +97,85 @@ class InputSchema:
                 feed[f.name] = category_strings(col).reshape(-1, 1)
         return feed
 
+    def accepted_extra(self) -> set[str]:
+        """Raw columns a record may carry that are not features: target, time, dropped columns."""
+        extra = {self.target, *self.dropped}
+        if self.time_column:
+            extra.add(self.time_column)
+        return extra
+
+    def validate_records(self, records: list[Any]) -> dict[str, np.ndarray]:
+        """JSON records -> the ONNX feed, or InvalidInput naming the record and field.
+
+        Every feature must be present (null = missing value); numbers must be JSON numbers,
+        categories strings (integers are read as their decimal string); unknown fields are
+        refused unless they are the target, time or dropped columns of the training data.
+        """
+        n = len(records)
+        cols: dict[str, list[Any]] = {f.name: [None] * n for f in self.features}
+        kinds = {f.name: f.kind for f in self.features}
+        extra = self.accepted_extra()
+        for i, rec in enumerate(records):
+            where = f"instances[{i}]" if n > 1 else "instance"
+            if not isinstance(rec, dict):
+                raise InvalidInput(
+                    f"{where} must be an object of feature -> value, got {type(rec).__name__}"
+                )
+            for name, value in rec.items():
+                kind = kinds.get(name)
+                if kind is None:
+                    if name in extra:
+                        continue
+                    raise InvalidInput(
+                        f"{where}: unknown field {name!r}; the model takes {self.names}"
+                    )
+                if value is None:
+                    continue
+                if kind == "numeric":
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise InvalidInput(
+                            f"{where}.{name} must be a number or null, got "
+                            f"{type(value).__name__} {value!r}"[:200]
+                        )
+                elif isinstance(value, int) and not isinstance(value, bool):
+                    value = str(value)
+                elif not isinstance(value, str):
+                    raise InvalidInput(
+                        f"{where}.{name} must be a string (category) or null, got "
+                        f"{type(value).__name__} {value!r}"[:200]
+                    )
+                cols[name][i] = value
+            missing = [f for f in kinds if f not in rec]
+            if missing:
+                raise InvalidInput(
+                    f"{where}: missing field(s) {missing}; send null for a missing value"
+                )
+        feed: dict[str, np.ndarray] = {}
+        for f in self.features:
+            vals = cols[f.name]
+            if f.kind == "numeric":
+                feed[f.name] = np.array(
+                    [np.nan if v is None else v for v in vals], dtype=np.float32
+                ).reshape(-1, 1)
+            else:
+                feed[f.name] = np.array(
+                    ["" if v is None else v for v in vals], dtype=object
+                ).reshape(-1, 1)
+        return feed
+
+    def encode_feed(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        """An ONNX feed -> the booster's float32 matrix (same encoding as `encode`)."""
+        n = len(next(iter(feed.values()))) if feed else 0
+        out = np.empty((n, len(self.features)), dtype=np.float32)
+        for j, f in enumerate(self.features):
+            col = feed[f.name].reshape(-1)
+            if f.kind == "numeric":
+                out[:, j] = col
+            else:
+                codes = {c: i for i, c in enumerate(f.categories)}
+                out[:, j] = [codes.get(v, np.nan) for v in col]
+        return out
+
     def encode_target(self, y: pd.Series) -> np.ndarray:
         """Target column -> class index (classification) or float (regression)."""
         if self.task == "regression":

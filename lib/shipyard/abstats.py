@@ -1,0 +1,180 @@
+"""A/B statistics from streamed sums: intervals, fixed-horizon tests, mSPRT and SRM.
+
+Everything works from mergeable summaries (counts, sums, Welford moments) so that routers can
+stream outcomes and the report never needs the raw rows.
+
+- Conversion (0/1) outcomes: Wilson interval; two-proportion z-test (pooled standard error).
+- Value outcomes: t interval; Welch's t-test.
+- Always-valid p-value: mixture SPRT (Johari, Pekelis & Walsh, "Always Valid Inference", 2017)
+  on the difference of means with a normal mixing distribution N(0, tau^2). Its running minimum
+  over looks is valid however often one looks; the fixed-horizon p-value is not.
+- Sample-ratio mismatch: Pearson chi-square of assignments against the configured shares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+
+@dataclasses.dataclass
+class Moments:
+    """Count, mean and sum of squared deviations (Welford), mergeable exactly (Chan et al.)."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, values: Iterable[float]) -> None:
+        arr = np.asarray(list(values), dtype=np.float64)
+        if arr.size:
+            self.merge(
+                Moments(int(arr.size), float(arr.mean()), float(((arr - arr.mean()) ** 2).sum()))
+            )
+
+    def merge(self, other: Moments) -> None:
+        if other.n == 0:
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean += delta * other.n / n
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
+        self.n = n
+
+    @property
+    def var(self) -> float:
+        """Sample variance (n - 1)."""
+        return self.m2 / (self.n - 1) if self.n > 1 else float("nan")
+
+    @property
+    def total(self) -> float:
+        return self.mean * self.n
+
+    def to_json(self) -> dict[str, float]:
+        return {"n": self.n, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Moments:
+        return cls(int(d["n"]), float(d["mean"]), float(d["m2"]))
+
+
+def wilson_interval(successes: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    z = stats.norm.ppf(1 - alpha / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (centre - half, centre + half)
+
+
+def t_interval(m: Moments, alpha: float = 0.05) -> tuple[float, float]:
+    if m.n < 2:
+        return (float("nan"), float("nan"))
+    half = stats.t.ppf(1 - alpha / 2, m.n - 1) * math.sqrt(m.var / m.n)
+    return (m.mean - half, m.mean + half)
+
+
+def two_proportion_ztest(s_a: float, n_a: int, s_b: float, n_b: int) -> tuple[float, float]:
+    """z and two-sided p for H0: p_a == p_b, pooled standard error (equals Pearson's 2x2 chi2)."""
+    if n_a == 0 or n_b == 0:
+        return (float("nan"), float("nan"))
+    pooled = (s_a + s_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    if se == 0:
+        return (0.0, 1.0)
+    z = (s_b / n_b - s_a / n_a) / se
+    return (z, float(2 * stats.norm.sf(abs(z))))
+
+
+def welch_test(a: Moments, b: Moments) -> tuple[float, float]:
+    """t and two-sided p of Welch's unequal-variance t-test (b - a)."""
+    if a.n < 2 or b.n < 2:
+        return (float("nan"), float("nan"))
+    t, p = stats.ttest_ind_from_stats(
+        b.mean, math.sqrt(b.var), b.n, a.mean, math.sqrt(a.var), a.n, equal_var=False
+    )
+    if not np.isfinite(p):  # both arms constant
+        return (0.0, 1.0) if b.mean == a.mean else (float("inf"), 0.0)
+    return (float(t), float(p))
+
+
+def diff_variance(a: Moments, b: Moments, conversion: bool) -> float:
+    """Variance of mean_b - mean_a (unpooled)."""
+    if conversion:
+        va = a.mean * (1 - a.mean)
+        vb = b.mean * (1 - b.mean)
+    else:
+        va, vb = a.var, b.var
+    return va / a.n + vb / b.n
+
+
+def msprt_p(diff: float, var: float, tau: float) -> float:
+    """1 / Lambda of the normal-mixture SPRT for one look; take the running min over looks."""
+    if not (var > 0 and np.isfinite(var)):
+        return 1.0
+    t2 = tau * tau
+    log_lambda = 0.5 * math.log(var / (var + t2)) + diff * diff * t2 / (2 * var * (var + t2))
+    return float(min(1.0, math.exp(-log_lambda)))
+
+
+def srm_test(observed: dict[str, int], shares: dict[str, float]) -> dict[str, Any]:
+    """Pearson chi-square of assignment counts against expected shares (variants with share > 0)."""
+    names = [n for n, s in shares.items() if s > 0]
+    obs = np.array([observed.get(n, 0) for n in names], dtype=np.float64)
+    total = obs.sum()
+    if len(names) < 2 or total == 0:
+        return {"chi2": None, "p_value": None, "observed": observed, "expected": {}}
+    share = np.array([shares[n] for n in names]) / sum(shares[n] for n in names)
+    exp = share * total
+    chi2, p = stats.chisquare(obs, exp)
+    return {
+        "chi2": float(chi2),
+        "p_value": float(p),
+        "observed": {n: int(o) for n, o in zip(names, obs)},
+        "expected": {n: float(e) for n, e in zip(names, exp)},
+    }
+
+
+def percentiles(
+    values: np.ndarray, qs: tuple[float, ...] = (50, 95, 99)
+) -> dict[str, float | None]:
+    if values.size == 0:
+        return {f"p{int(q)}": None for q in qs}
+    out = np.percentile(values, qs)
+    return {f"p{int(q)}": float(v) for q, v in zip(qs, out)}
+
+
+def recommend(
+    *,
+    guardrail_tripped: str | None,
+    srm_flagged: bool,
+    n_control: int,
+    n_treatment: int,
+    min_outcomes: int,
+    sequential_p: float | None,
+    diff: float | None,
+    alpha: float,
+    higher_is_better: bool = True,
+) -> tuple[str, str]:
+    """(keep running | promote | roll back | investigate, why)."""
+    if guardrail_tripped:
+        return "roll back", guardrail_tripped
+    if srm_flagged:
+        return "investigate", "sample ratio mismatch: the split is not what was configured"
+    if min(n_control, n_treatment) < min_outcomes:
+        return (
+            "keep running",
+            f"{min(n_control, n_treatment)} outcomes in the smaller arm; {min_outcomes} needed",
+        )
+    if sequential_p is not None and diff is not None and sequential_p < alpha:
+        if (diff > 0) == higher_is_better:
+            return "promote", f"treatment is better (always-valid p={sequential_p:.3g} < {alpha})"
+        return "roll back", f"treatment is worse (always-valid p={sequential_p:.3g} < {alpha})"
+    return "keep running", "no significant difference yet (always-valid p-value)"

@@ -1,0 +1,662 @@
+"""The experiment store: live traffic split, per-variant statistics, feedback joins, guardrails.
+
+Pure Python (no Ray): the serving app runs one of these inside a single-replica deployment and
+the routers stream request records to it in batches. Traffic changes and statistics are saved
+to `state_dir` so that a restart resumes the same split and the same running statistics; every
+served request and every feedback is appended to JSON-lines logs first, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from shipyard import abstats
+from shipyard.abstats import Moments
+from shipyard.errors import InvalidInput, ModelNotFound, ShipyardError
+from shipyard.events import EventLog
+from shipyard.routing import Allocation
+from shipyard.serving_config import ServingConfig, TrafficUpdate
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+LATENCY_WINDOW = 20_000
+FEEDBACK_TTL_S = 600.0
+
+
+class Conflict(ShipyardError):
+    """The request conflicts with the current state (duplicate feedback, promoting control)."""
+
+    http_status = 409
+
+
+class AliasStore(Protocol):
+    """What the experiment needs of the registry: read and move aliases."""
+
+    def aliases(self, name: str) -> dict[str, int]: ...
+    def set_alias(self, name: str, alias: str, version: int) -> None: ...
+    def delete_alias(self, name: str, alias: str) -> None: ...
+
+
+class _Ring:
+    """The last `size` values (latencies), for percentiles."""
+
+    def __init__(self, size: int = LATENCY_WINDOW) -> None:
+        self.buf = np.empty(size, dtype=np.float64)
+        self.n = 0
+
+    def add(self, v: float) -> None:
+        self.buf[self.n % len(self.buf)] = v
+        self.n += 1
+
+    def values(self) -> np.ndarray:
+        return self.buf[: min(self.n, len(self.buf))]
+
+
+class VariantStats:
+    def __init__(self) -> None:
+        self.requests = 0  # served (any status), including explicitly targeted ones
+        self.errors = 0  # server-side failures (5xx)
+        self.rejected = 0  # client errors (4xx)
+        self.explicit = 0  # targeted with X-Shipyard-Variant: left out of A/B statistics
+        self.predictions = Moments()
+        self.outcomes = Moments()  # joined feedback of A/B-eligible requests
+        self.new_epoch()
+
+    def new_epoch(self) -> None:
+        """Counters that restart whenever the split changes (SRM, guardrails, latency)."""
+        self.units = 0  # assignment units: distinct keys, or requests without a key
+        self.keys: set[str] = set()
+        self.epoch_requests = 0
+        self.epoch_errors = 0
+        self.latency = _Ring()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "rejected": self.rejected,
+            "explicit": self.explicit,
+            "predictions": self.predictions.to_json(),
+            "outcomes": self.outcomes.to_json(),
+        }
+
+    def load(self, d: dict[str, Any]) -> None:
+        for k in ("requests", "errors", "rejected", "explicit"):
+            setattr(self, k, int(d.get(k, 0)))
+        self.predictions = Moments.from_json(d["predictions"])
+        self.outcomes = Moments.from_json(d["outcomes"])
+
+
+class ShadowStats:
+    def __init__(self) -> None:
+        self.mirrored = 0
+        self.errors = 0
+        self.dropped = 0  # not sent: too many shadow calls already in flight
+        self.agree = 0
+        self.compared = 0
+        self.abs_diff = Moments()
+        self.latency = _Ring()
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "mirrored": self.mirrored,
+            "errors": self.errors,
+            "dropped": self.dropped,
+            "agreement_rate": self.agree / self.compared if self.compared else None,
+            "mean_abs_diff": self.abs_diff.mean if self.abs_diff.n else None,
+            "latency_ms": abstats.percentiles(self.latency.values()),
+        }
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _traffic_hash(traffic: dict[str, Any]) -> str:
+    """Hash of a user_config after validation, so 90 and 90.0 are the same deployment."""
+    return _hash(TrafficUpdate.model_validate(traffic).model_dump())
+
+
+class Experiment:
+    """Traffic split, statistics and decisions of one serving app (one model, several variants)."""
+
+    def __init__(
+        self,
+        cfg: ServingConfig,
+        versions: dict[str, int],
+        *,
+        state_dir: str | os.PathLike[str] | None = None,
+        aliases: AliasStore | None = None,
+        events: EventLog | None = None,
+        clock: Callable[[], float] = time.time,
+        max_index: int = 500_000,
+    ) -> None:
+        self.cfg = cfg
+        self.versions = dict(versions)
+        self.aliases = aliases
+        self.events = events
+        self.clock = clock
+        self.max_index = max_index
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.identity = _hash({"model": cfg.model, "versions": self.versions})
+        traffic = cfg.traffic()
+        self.weights: dict[str, float] = dict(traffic["weights"])
+        self.shadow: dict[str, float] = dict(traffic["shadow"])
+        self.control: str = traffic["control"]
+        self.deploy_hash = _traffic_hash(traffic)
+        self.allocation = Allocation.initial(self._live_weights(), self.control)
+        self.epoch = 0
+        self.epoch_started = self.clock()
+        self.config_version = 0
+        self.rolled_back: dict[str, str] = {}
+        self.stats = {v.name: VariantStats() for v in cfg.variants}
+        self.shadows = {v.name: ShadowStats() for v in cfg.variants}
+        self.msprt: dict[str, dict[str, float | None]] = {}
+        self.index: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.pending: dict[str, tuple[float, float]] = {}
+        self.feedback_unmatched = 0
+        self.started = self.clock()
+        self._saved = 0.0
+        if self.state_dir:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._restore()
+
+    # --- traffic ------------------------------------------------------------------------------
+    def _live_weights(self) -> dict[str, float]:
+        return {n: w for n, w in self.weights.items() if self.shadow.get(n, 0) == 0}
+
+    def snapshot(self) -> dict[str, Any]:
+        """What routers need to route: the bucket table, shadow shares, control, versions."""
+        return {
+            "config_version": self.config_version,
+            "allocation": self.allocation.to_json(),
+            "weights": dict(self.weights),
+            "shadow": dict(self.shadow),
+            "control": self.control,
+            "versions": dict(self.versions),
+            "salt": self.cfg.salt,
+        }
+
+    def set_traffic(self, update: TrafficUpdate, source: str) -> dict[str, Any]:
+        """Change weights/shadow shares/control; buckets move only through control."""
+        names = list(self.weights)
+        for field, mapping in (("weights", update.weights), ("shadow", update.shadow)):
+            unknown = sorted(set(mapping) - set(names))
+            if unknown:
+                raise InvalidInput(f"{field}: unknown variant(s) {unknown}; variants: {names}")
+        weights = {**self.weights, **update.weights}
+        shadow = {**self.shadow, **update.shadow}
+        control = update.control or self.control
+        if control not in names:
+            raise InvalidInput(f"control: unknown variant {control!r}; variants: {names}")
+        for n in names:
+            if weights[n] > 0 and shadow.get(n, 0) > 0:
+                raise InvalidInput(
+                    f"weights[{n!r}]={weights[n]} and shadow[{n!r}]={shadow[n]}: a variant is "
+                    "either live or shadow; set one of them to 0"
+                )
+        if shadow.get(control, 0) > 0:
+            raise InvalidInput(f"control: {control!r} is a shadow variant")
+        live = {n: w for n, w in weights.items() if shadow.get(n, 0) == 0}
+        if sum(live.values()) <= 0:
+            raise InvalidInput(f"weights: at least one live variant needs weight > 0, got {live}")
+        shadow = {n: s for n, s in shadow.items() if s > 0}
+        if weights == self.weights and shadow == self.shadow and control == self.control:
+            return self.snapshot()
+        old = {"weights": dict(self.weights), "shadow": dict(self.shadow), "control": self.control}
+        split_changed = weights != self.weights or control != self.control
+        self.allocation = self.allocation.rebalance(live, control)
+        self.weights, self.shadow, self.control = weights, shadow, control
+        for n, w in weights.items():
+            if w > 0:
+                self.rolled_back.pop(n, None)
+        if split_changed:
+            self._new_epoch()
+        self.config_version += 1
+        self._emit(
+            "traffic_changed",
+            source=source,
+            old=old,
+            new={"weights": weights, "shadow": shadow, "control": control},
+        )
+        self.save(force=True)
+        return self.snapshot()
+
+    def apply_deploy(self, traffic: dict[str, Any]) -> bool:
+        """A `serve deploy` user_config: applied only when it differs from the last one deployed.
+
+        Routers call this on every (re)start with the deployed user_config; a restart must not
+        undo changes made since through PUT /variants or a guardrail rollback.
+        """
+        h = _traffic_hash(traffic)
+        if h == self.deploy_hash:
+            return False
+        self.set_traffic(TrafficUpdate.model_validate(traffic), source="serve deploy")
+        self.deploy_hash = h
+        self.save(force=True)
+        return True
+
+    def _new_epoch(self) -> None:
+        self.epoch += 1
+        self.epoch_started = self.clock()
+        for st in self.stats.values():
+            st.new_epoch()
+
+    def rollback(self, name: str, reason: str, source: str) -> dict[str, Any]:
+        """Take a treatment out of live traffic; its `challenger` alias goes with it."""
+        self._check_variant(name)
+        if name == self.control:
+            raise Conflict(f"variant {name!r} is the control; promote another variant instead")
+        if self.weights.get(name, 0) <= 0:
+            raise Conflict(f"variant {name!r} takes no live traffic; nothing to roll back")
+        self._move_alias_off(name, "challenger")
+        self.set_traffic(TrafficUpdate(weights={name: 0.0}), source=source)
+        self.rolled_back[name] = reason
+        self._emit("canary_rolled_back", variant=name, version=self.versions[name], reason=reason)
+        self.save(force=True)
+        return self.snapshot()
+
+    def promote(self, name: str, source: str) -> dict[str, Any]:
+        """All live traffic to `name`, which becomes control and the registry's champion."""
+        self._check_variant(name)
+        if name == self.control and self._live_weights().get(name, 0) == sum(
+            self._live_weights().values()
+        ):
+            raise Conflict(f"variant {name!r} is already the control with all live traffic")
+        version = self.versions[name]
+        if self.aliases is not None:  # registry first: if it fails, traffic is untouched
+            current = self.aliases.aliases(self.cfg.model)
+            previous = current.get("champion")
+            self.aliases.set_alias(self.cfg.model, "champion", version)
+            if previous is not None and previous != version:
+                self.aliases.set_alias(self.cfg.model, "previous_champion", previous)
+            if current.get("challenger") == version:
+                self.aliases.delete_alias(self.cfg.model, "challenger")
+        weights = {n: (100.0 if n == name else 0.0) for n in self.weights}
+        shadow = {n: 0.0 for n in self.shadow if n == name}
+        self.set_traffic(TrafficUpdate(weights=weights, shadow=shadow, control=name), source)
+        self._emit("traffic_promoted", variant=name, version=version, source=source)
+        return self.snapshot()
+
+    def _move_alias_off(self, name: str, alias: str) -> None:
+        if self.aliases is None:
+            return
+        if self.aliases.aliases(self.cfg.model).get(alias) == self.versions[name]:
+            self.aliases.delete_alias(self.cfg.model, alias)
+
+    def _check_variant(self, name: str) -> None:
+        if name not in self.weights:
+            raise ModelNotFound(f"no variant {name!r}; variants: {list(self.weights)}")
+
+    # --- ingest -------------------------------------------------------------------------------
+    def ingest(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Request and shadow records from routers; returns the guardrail actions taken."""
+        log_lines = []
+        for r in records:
+            kind = r.get("t")
+            if kind == "req":
+                self._ingest_request(r)
+                if r.get("status", 200) < 400:
+                    log_lines.append(r)
+            elif kind == "shadow":
+                self._ingest_shadow(r)
+        self._append("requests.jsonl", log_lines)
+        actions = self.check_guardrails()
+        self.save()
+        return actions
+
+    def _ingest_request(self, r: dict[str, Any]) -> None:
+        st = self.stats.get(r["variant"])
+        if st is None:
+            return
+        st.requests += 1
+        status = int(r.get("status", 200))
+        if 400 <= status < 500:
+            st.rejected += 1
+            return
+        ab = bool(r.get("ab", True))
+        if not ab:
+            st.explicit += 1
+        else:
+            st.epoch_requests += 1
+            if status >= 500:
+                st.errors += 1
+                st.epoch_errors += 1
+            key = r.get("key")
+            if key is None or key not in st.keys:
+                st.units += 1
+                if key is not None:
+                    st.keys.add(key)
+            if r.get("latency_ms") is not None:
+                st.latency.add(float(r["latency_ms"]))
+        if status >= 400:
+            return
+        pred = r.get("pred")
+        if ab and pred is not None and math.isfinite(pred):
+            st.predictions.add([pred])
+        self.index[r["id"]] = {
+            "variant": r["variant"],
+            "version": r.get("version"),
+            "pred": pred,
+            "ab": ab,
+            "ts": r.get("ts", self.clock()),
+        }
+        while len(self.index) > self.max_index:
+            self.index.popitem(last=False)
+        if r["id"] in self.pending:
+            outcome, _ = self.pending.pop(r["id"])
+            self._join(r["id"], outcome)
+
+    def _ingest_shadow(self, r: dict[str, Any]) -> None:
+        sh = self.shadows.get(r["variant"])
+        if sh is None:
+            return
+        if r.get("dropped"):
+            sh.dropped += 1
+            return
+        sh.mirrored += 1
+        if not r.get("ok", True):
+            sh.errors += 1
+            return
+        sh.latency.add(float(r["latency_ms"]))
+        if r.get("agree") is not None:
+            sh.compared += 1
+            sh.agree += int(bool(r["agree"]))
+        if r.get("abs_diff") is not None:
+            sh.abs_diff.add([float(r["abs_diff"])])
+
+    # --- feedback -----------------------------------------------------------------------------
+    def feedback(self, request_id: str, outcome: float) -> dict[str, Any]:
+        """Join an observed outcome to the request it belongs to (or hold it until it arrives)."""
+        if self.cfg.ab.metric == "conversion" and outcome not in (0, 1):
+            raise InvalidInput(
+                f"outcome: {outcome!r} is not a conversion; ab.metric is 'conversion', so "
+                "outcome must be 0, 1, true or false"
+            )
+        self._append("feedback.jsonl", [{"id": request_id, "outcome": outcome, "ts": self.clock()}])
+        entry = self.index.get(request_id)
+        if entry is None:
+            if request_id in self.pending:
+                raise Conflict(f"request_id {request_id!r} already has an outcome")
+            self._expire_pending()
+            self.pending[request_id] = (float(outcome), self.clock())
+            return {"request_id": request_id, "joined": False, "status": "pending"}
+        if "outcome" in entry:
+            raise Conflict(f"request_id {request_id!r} already has an outcome")
+        self._join(request_id, float(outcome))
+        return {
+            "request_id": request_id,
+            "joined": True,
+            "variant": entry["variant"],
+            "model_version": entry["version"],
+            "prediction": entry["pred"],
+            "counted": entry["ab"],
+        }
+
+    def _join(self, request_id: str, outcome: float) -> None:
+        entry = self.index[request_id]
+        entry["outcome"] = outcome
+        if entry["ab"]:
+            self.stats[entry["variant"]].outcomes.add([outcome])
+            self._look()
+
+    def _expire_pending(self) -> None:
+        cutoff = self.clock() - FEEDBACK_TTL_S
+        stale = [k for k, (_, ts) in self.pending.items() if ts < cutoff]
+        for k in stale:
+            del self.pending[k]
+        self.feedback_unmatched += len(stale)
+
+    # --- statistics ---------------------------------------------------------------------------
+    def _conversion(self) -> bool:
+        return self.cfg.ab.metric == "conversion"
+
+    def _look(self) -> None:
+        """One more look for every treatment: update the running min of the mSPRT p-value."""
+        ctl = self.stats[self.control].outcomes
+        for name in self.weights:
+            if name == self.control:
+                continue
+            trt = self.stats[name].outcomes
+            state = self.msprt.setdefault(name, {"tau": self.cfg.ab.msprt_tau, "p": 1.0})
+            if min(ctl.n, trt.n) < max(2, self.cfg.ab.min_outcomes):
+                continue
+            var = abstats.diff_variance(ctl, trt, self._conversion())
+            if state["tau"] is None:
+                pooled = Moments()
+                pooled.merge(ctl)
+                pooled.merge(trt)
+                sd = (
+                    math.sqrt(pooled.mean * (1 - pooled.mean))
+                    if self._conversion()
+                    else math.sqrt(pooled.var)
+                )
+                if not sd > 0:
+                    continue
+                state["tau"] = 0.1 * sd
+            p = abstats.msprt_p(trt.mean - ctl.mean, var, float(state["tau"]))  # type: ignore[arg-type]
+            state["p"] = min(float(state["p"]), p)  # type: ignore[arg-type]
+
+    def check_guardrails(self) -> list[dict[str, Any]]:
+        g = self.cfg.guardrails
+        if not g.enabled:
+            return []
+        actions = []
+        for name, w in list(self.weights.items()):
+            if name == self.control or w <= 0:
+                continue
+            reason = self.guardrail_breach(name)
+            if reason:
+                self.rollback(name, reason, source="guardrail")
+                actions.append({"action": "rollback", "variant": name, "reason": reason})
+        return actions
+
+    def guardrail_breach(self, name: str) -> str | None:
+        g = self.cfg.guardrails
+        ctl, trt = self.stats[self.control], self.stats[name]
+        if min(ctl.epoch_requests, trt.epoch_requests) < g.min_requests:
+            return None
+        err_c = ctl.epoch_errors / ctl.epoch_requests
+        err_t = trt.epoch_errors / trt.epoch_requests
+        if err_t - err_c > g.max_error_rate_delta:
+            return (
+                f"error rate {err_t:.2%} vs control {err_c:.2%} exceeds "
+                f"guardrails.max_error_rate_delta={g.max_error_rate_delta:.2%} "
+                f"over {trt.epoch_requests} requests"
+            )
+        lat_c, lat_t = ctl.latency.values(), trt.latency.values()
+        if min(lat_c.size, lat_t.size) >= max(g.min_requests, g.min_latency_samples):
+            p99_c = float(np.percentile(lat_c, 99))
+            p99_t = float(np.percentile(lat_t, 99))
+            if p99_t > g.max_p99_ratio * p99_c and p99_t - p99_c > g.min_p99_delta_ms:
+                return (
+                    f"p99 latency {p99_t:.1f} ms vs control {p99_c:.1f} ms exceeds "
+                    f"guardrails.max_p99_ratio={g.max_p99_ratio} "
+                    f"(and min_p99_delta_ms={g.min_p99_delta_ms})"
+                )
+        return None
+
+    def report(self) -> dict[str, Any]:
+        """GET /ab: per-variant statistics, comparisons with control, SRM and a recommendation."""
+        ab = self.cfg.ab
+        conv = self._conversion()
+        variants: dict[str, Any] = {}
+        for name, st in self.stats.items():
+            o = st.outcomes
+            interval = (
+                abstats.wilson_interval(o.total, o.n, ab.alpha)
+                if conv
+                else abstats.t_interval(o, ab.alpha)
+            )
+            variants[name] = {
+                "model_version": self.versions[name],
+                "weight": self.weights.get(name, 0.0),
+                "shadow": self.shadow.get(name, 0.0),
+                "requests": st.requests,
+                "errors": st.errors,
+                "rejected": st.rejected,
+                "explicit": st.explicit,
+                "error_rate": st.errors / max(1, st.requests - st.rejected - st.explicit),
+                "latency_ms": abstats.percentiles(st.latency.values()),
+                "mean_prediction": st.predictions.mean if st.predictions.n else None,
+                "outcomes": o.n,
+                "outcome_mean": o.mean if o.n else None,
+                "outcome_ci95": list(interval) if o.n else None,
+                "rolled_back": self.rolled_back.get(name),
+            }
+            if self.shadows[name].mirrored or self.shadows[name].dropped:
+                variants[name]["shadow_stats"] = self.shadows[name].report()
+        shares = self.allocation.shares()
+        srm = abstats.srm_test({n: s.units for n, s in self.stats.items()}, shares)
+        srm_flagged = srm["p_value"] is not None and srm["p_value"] < ab.srm_p
+        srm.update({"flagged": srm_flagged, "threshold": ab.srm_p, "epoch": self.epoch})
+        comparisons = {}
+        ctl = self.stats[self.control].outcomes
+        for name, st in self.stats.items():
+            live = self.weights.get(name, 0) > 0 or name in self.rolled_back
+            if name == self.control or (st.outcomes.n == 0 and not live):
+                continue
+            comparisons[name] = self._compare(name, ctl, st.outcomes, srm_flagged)
+        return {
+            "model": self.cfg.model,
+            "control": self.control,
+            "metric": ab.metric,
+            "alpha": ab.alpha,
+            "epoch": self.epoch,
+            "epoch_started": self.epoch_started,
+            "variants": variants,
+            "comparisons": comparisons,
+            "srm": srm,
+            "feedback_pending": len(self.pending),
+            "feedback_unmatched": self.feedback_unmatched,
+        }
+
+    def _compare(self, name: str, ctl: Moments, trt: Moments, srm_flagged: bool) -> dict[str, Any]:
+        ab = self.cfg.ab
+        conv = self._conversion()
+        diff = trt.mean - ctl.mean if min(ctl.n, trt.n) else None
+        if conv:
+            stat, p = abstats.two_proportion_ztest(ctl.total, ctl.n, trt.total, trt.n)
+            test = "two-proportion z-test"
+        else:
+            stat, p = abstats.welch_test(ctl, trt)
+            test = "Welch t-test"
+        seq = self.msprt.get(name, {})
+        seq_p = seq.get("p") if seq.get("tau") is not None else None
+        breach = self.guardrail_breach(name) if self.weights.get(name, 0) > 0 else None
+        decision, why = abstats.recommend(
+            guardrail_tripped=breach or self.rolled_back.get(name),
+            srm_flagged=srm_flagged,
+            n_control=ctl.n,
+            n_treatment=trt.n,
+            min_outcomes=ab.min_outcomes,
+            sequential_p=seq_p,
+            diff=diff,
+            alpha=ab.alpha,
+            higher_is_better=ab.higher_is_better,
+        )
+        return {
+            "against": self.control,
+            "difference": diff,
+            "lift": diff / ctl.mean if diff is not None and ctl.mean else None,
+            "test": test,
+            "statistic": None if stat != stat else stat,
+            "p_value": None if p != p else p,
+            "sequential_p_value": seq_p,
+            "sequential_tau": seq.get("tau"),
+            "recommendation": decision,
+            "reason": why,
+        }
+
+    # --- persistence --------------------------------------------------------------------------
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.events is not None:
+            self.events.emit(kind, model=self.cfg.model, **data)
+
+    def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if not rows or self.state_dir is None:
+            return
+        with (self.state_dir / name).open("a") as fh:
+            fh.write("".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+    def save(self, force: bool = False) -> None:
+        if self.state_dir is None or (not force and self.clock() - self._saved < 2.0):
+            return
+        state = {
+            "format": STATE_FORMAT,
+            "identity": self.identity,
+            "weights": self.weights,
+            "shadow": self.shadow,
+            "control": self.control,
+            "deploy_hash": self.deploy_hash,
+            "allocation": self.allocation.to_json(),
+            "epoch": self.epoch,
+            "epoch_started": self.epoch_started,
+            "config_version": self.config_version,
+            "rolled_back": self.rolled_back,
+            "msprt": self.msprt,
+            "stats": {n: s.to_json() for n, s in self.stats.items()},
+            "started": self.started,
+        }
+        path = self.state_dir / "experiment.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)  # atomic: a crash leaves the old state or the new, never half
+        self._saved = self.clock()
+
+    def _restore(self) -> None:
+        assert self.state_dir is not None
+        path = self.state_dir / "experiment.json"
+        if not path.exists():
+            return
+        state = json.loads(path.read_text())
+        if state.get("format") != STATE_FORMAT or state.get("identity") != self.identity:
+            archived = path.with_name(f"experiment-{int(self.clock())}.json")
+            os.replace(path, archived)
+            logger.info("variants changed: previous experiment archived to %s", archived)
+            return
+        self.weights = state["weights"]
+        self.shadow = state["shadow"]
+        self.control = state["control"]
+        self.deploy_hash = state["deploy_hash"]
+        self.allocation = Allocation.from_json(state["allocation"])
+        self.epoch = state["epoch"]
+        self.epoch_started = state["epoch_started"]
+        self.config_version = state["config_version"]
+        self.rolled_back = state["rolled_back"]
+        self.msprt = state["msprt"]
+        self.started = state["started"]
+        for n, d in state["stats"].items():
+            if n in self.stats:
+                self.stats[n].load(d)
+        log = self.state_dir / "requests.jsonl"
+        if log.exists():
+            with log.open() as fh:
+                for line in collections.deque(fh, maxlen=self.max_index):
+                    r = json.loads(line)
+                    self.index[r["id"]] = {
+                        "variant": r["variant"],
+                        "version": r.get("version"),
+                        "pred": r.get("pred"),
+                        "ab": r.get("ab", True),
+                        "ts": r.get("ts"),
+                    }
+        fb = self.state_dir / "feedback.jsonl"
+        if fb.exists():
+            for line in fb.read_text().splitlines():
+                r = json.loads(line)
+                if r["id"] in self.index:
+                    self.index[r["id"]]["outcome"] = r["outcome"]
+        logger.info("experiment restored from %s (epoch %d)", path, self.epoch)

@@ -1,0 +1,245 @@
+"""The serving app's variants file: which model versions are live, their traffic and guardrails.
+
+The same structure is the `args` of the app in a Serve config file (`serve deploy`), and the file
+that `serve run serving.app:build_app config=FILE` reads. Weights and shadow shares are also the
+router's `user_config`, so a `serve deploy` that changes only them reconfigures replicas in place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+from shipyard.config import _Strict, load_yaml, parse_config
+from shipyard.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,39}$"
+
+
+class Autoscaling(_Strict):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 scales to zero).")
+    max_replicas: PositiveInt = Field(2, description="Most replicas.")
+    target_ongoing_requests: PositiveFloat = Field(
+        8.0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be greater than or equal to "
+                f"min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class Faults(_Strict):
+    """Fault injection for canary drills: prove that guardrails and shadows behave."""
+
+    error_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of requests this variant fails (HTTP 503)."
+    )
+    latency_ms: NonNegativeFloat = Field(0.0, description="Delay added to every request (ms).")
+
+
+class Variant(_Strict):
+    name: str = Field(description="Variant name, unique in the app.", pattern=NAME_PATTERN)
+    version: int | str = Field(
+        description="Registry version number or alias (champion, challenger, ...). Aliases are "
+        "resolved once, at deploy time, so a replica restart never loads a different version."
+    )
+    weight: NonNegativeFloat = Field(
+        0.0, description="Share of live traffic (relative to the other weights)."
+    )
+    shadow: float = Field(
+        0.0,
+        ge=0.0,
+        le=100.0,
+        description="Percent of live traffic mirrored to this variant; its outputs are logged, "
+        "never returned. A shadow variant has weight 0.",
+    )
+    num_replicas: PositiveInt | None = Field(
+        None, description="Fixed replica count; leave unset to autoscale."
+    )
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling, description="Used when num_replicas is unset."
+    )
+    num_cpus: NonNegativeFloat = Field(0.5, description="CPUs reserved per replica.")
+    onnx_threads: PositiveInt = Field(1, description="ONNX Runtime intra-op threads.")
+    max_batch_size: PositiveInt = Field(
+        256, description="Most records per ONNX Runtime call across concurrent requests."
+    )
+    batch_wait_ms: NonNegativeFloat = Field(
+        1.0, description="How long a batch waits for more requests (ms)."
+    )
+    faults: Faults = Field(default_factory=Faults, description="Fault injection (drills only).")
+
+    @model_validator(mode="after")
+    def _shadow_or_live(self) -> Variant:
+        if self.shadow > 0 and self.weight > 0:
+            raise ValueError(
+                f"variant {self.name!r} has weight {self.weight} and shadow {self.shadow}: a "
+                "shadow variant takes no live traffic (set one of them to 0)"
+            )
+        return self
+
+
+class Guardrails(_Strict):
+    min_requests: PositiveInt = Field(
+        200, description="Requests a treatment must serve before guardrails judge it."
+    )
+    max_error_rate_delta: NonNegativeFloat = Field(
+        0.02, description="Roll back when treatment error rate exceeds control's by more than this."
+    )
+    max_p99_ratio: PositiveFloat = Field(
+        2.0, description="Roll back when treatment p99 latency exceeds control's by this factor..."
+    )
+    min_p99_delta_ms: NonNegativeFloat = Field(
+        25.0, description="...and by at least this many milliseconds (ignores sub-ms jitter)."
+    )
+    min_latency_samples: PositiveInt = Field(
+        1000,
+        description="Requests per arm before p99 is judged: a p99 from fewer samples is "
+        "little more than the maximum, and one slow request would roll a canary back.",
+    )
+    enabled: bool = Field(True, description="Turn automatic rollback on or off.")
+
+
+class ABSection(_Strict):
+    metric: Literal["conversion", "value"] = Field(
+        "conversion",
+        description="Outcome kind from /feedback: conversion (0/1; two-proportion z-test) or "
+        "value (any number; Welch's t-test).",
+    )
+    alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of the A/B tests.")
+    min_outcomes: PositiveInt = Field(
+        100, description="Outcomes per arm before a recommendation other than keep running."
+    )
+    msprt_tau: PositiveFloat | None = Field(
+        None,
+        description="Mixing scale of the mSPRT (absolute effect size). Unset: 0.1 standard "
+        "deviations of the outcome, fixed when both arms first reach min_outcomes.",
+    )
+    srm_p: float = Field(
+        0.001, gt=0.0, lt=0.1, description="Flag sample-ratio mismatch below this."
+    )
+    higher_is_better: bool = Field(
+        True, description="Whether a larger outcome is an improvement (conversion, revenue)."
+    )
+
+
+class Limits(_Strict):
+    max_body_bytes: PositiveInt = Field(
+        1_048_576, description="Largest request body accepted (HTTP 413 above)."
+    )
+    max_instances: PositiveInt = Field(
+        1000, description="Most records in one /predict request (HTTP 413 above)."
+    )
+    timeout_s: PositiveFloat = Field(10.0, description="Per-request model timeout (HTTP 504).")
+
+
+class ServingConfig(_Strict):
+    model: str = Field(description="Registered model name.", min_length=1)
+    variants: list[Variant] = Field(description="Live and shadow variants.", min_length=1)
+    control: str | None = Field(
+        None,
+        description="Variant that A/B lifts are measured against; the first live one if unset.",
+    )
+    salt: str = Field(
+        "", description="Salt of the sticky key hash; change it to reshuffle every key."
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking/registry URI; MLFLOW_TRACKING_URI or the local store."
+    )
+    state_dir: str | None = Field(
+        None, description="Where the experiment log lives; $SHIPYARD_HOME/serving/<model> if unset."
+    )
+    admin_token_env: str = Field(
+        "SHIPYARD_ADMIN_TOKEN",
+        description="Environment variable holding the bearer token of admin routes; admin routes "
+        "are off when it is unset.",
+    )
+    router_replicas: PositiveInt = Field(1, description="Router (ingress) replicas.")
+    guardrails: Guardrails = Field(default_factory=Guardrails, description="Automatic rollback.")
+    ab: ABSection = Field(default_factory=ABSection, description="A/B statistics.")
+    limits: Limits = Field(default_factory=Limits, description="Request limits.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingConfig:
+        names = [v.name for v in self.variants]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"variant names must be unique; repeated: {dup}")
+        if sum(v.weight for v in self.variants) <= 0:
+            raise ValueError("at least one variant needs a weight > 0 (all weights are 0)")
+        if self.control is not None:
+            if self.control not in names:
+                raise ValueError(f"control {self.control!r} is not a variant; variants: {names}")
+            if self.variant(self.control).shadow > 0:
+                raise ValueError(f"control {self.control!r} is a shadow variant")
+        return self
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    @property
+    def control_name(self) -> str:
+        if self.control:
+            return self.control
+        return next(v.name for v in self.variants if v.weight > 0)
+
+    def traffic(self) -> dict[str, Any]:
+        """The router's user_config: what `serve deploy` may change without restarting."""
+        return {
+            "weights": {v.name: v.weight for v in self.variants},
+            "shadow": {v.name: v.shadow for v in self.variants if v.shadow > 0},
+            "control": self.control_name,
+        }
+
+
+def parse_serving_config(raw: Any, source: str = "<args>") -> ServingConfig:
+    cfg: ServingConfig = parse_config(raw, ServingConfig, source=source)
+    return cfg
+
+
+def load_serving_args(args: dict[str, Any]) -> ServingConfig:
+    """Builder args: either `{config: FILE}` (serve run ... config=FILE) or the structure inline."""
+    if not isinstance(args, dict):
+        raise ConfigError(f"application args must be a mapping, got {type(args).__name__}")
+    if "config" in args:
+        extra = sorted(set(args) - {"config"})
+        if extra:
+            raise ConfigError(f"args: give either config=FILE or the variants inline, not {extra}")
+        path = os.fspath(args["config"])
+        return parse_serving_config(load_yaml(path), source=path)
+    return parse_serving_config(args)
+
+
+class TrafficUpdate(_Strict):
+    """Body of PUT /variants (and the router's user_config): new weights and shadow shares."""
+
+    weights: dict[str, NonNegativeFloat] = Field(
+        default_factory=dict, description="Variant name -> weight; unlisted variants keep theirs."
+    )
+    shadow: dict[str, float] = Field(
+        default_factory=dict, description="Variant name -> percent mirrored (0-100)."
+    )
+    control: str | None = Field(None, description="New control variant.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TrafficUpdate:
+        for name, share in self.shadow.items():
+            if not 0 <= share <= 100:
+                raise ValueError(f"shadow[{name!r}] = {share} must be between 0 and 100")
+        return self
+
+
+def safe_name(name: str) -> str:
+    """A string usable in a deployment name."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", name)

@@ -1,0 +1,86 @@
+"""Build the serving application from a variants file: `serve run serving.app:build_app config=FILE`.
+
+Every variant's version is resolved (aliases pinned to numbers) and its bundle verified against
+its checksums here, before anything is deployed: a missing or corrupt version fails the build
+with a clear error, and a running app keeps serving what it had.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from serving.model import VariantModel
+from serving.router import Router
+from serving.store import ExperimentStore
+from shipyard.registry import Registry, resolve_tracking_uri, shipyard_home
+from shipyard.serving_config import ServingConfig, Variant, load_serving_args, safe_name
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_versions(cfg: ServingConfig, registry: Registry) -> dict[str, int]:
+    """Variant -> version number; every bundle downloaded once and its checksums verified."""
+    versions: dict[str, int] = {}
+    for v in cfg.variants:
+        mv = registry.get_version(cfg.model, v.version)  # ModelNotFound names what exists
+        path = registry.download(cfg.model, int(mv.version))  # ArtifactError on a mismatch
+        shutil.rmtree(path.parent, ignore_errors=True)
+        versions[v.name] = int(mv.version)
+    return versions
+
+
+def _scaling(v: Variant) -> dict[str, Any]:
+    if v.num_replicas is not None:
+        return {"num_replicas": v.num_replicas}
+    a = v.autoscaling
+    return {
+        "num_replicas": "auto",
+        "autoscaling_config": {
+            "min_replicas": a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+        },
+    }
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Application builder for `serve run` / `serve deploy` (args: config=FILE or inline)."""
+    cfg = load_serving_args(args)
+    tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
+    versions = resolve_versions(cfg, Registry(tracking_uri))
+    home = shipyard_home()
+    state_dir = cfg.state_dir or str(home / "serving" / safe_name(cfg.model))
+    config = cfg.model_dump(mode="json")
+    store = serve.deployment(name="experiment", num_replicas=1, ray_actor_options={"num_cpus": 0})(
+        ExperimentStore
+    ).bind(config, versions, tracking_uri, state_dir, str(home / "events.jsonl"))
+    models = {
+        v.name: serve.deployment(
+            name=f"variant-{v.name}",
+            ray_actor_options={"num_cpus": v.num_cpus},
+            max_ongoing_requests=max(32, 2 * v.max_batch_size),
+            **_scaling(v),
+        )(VariantModel).bind(
+            cfg.model,
+            versions[v.name],
+            v.name,
+            tracking_uri,
+            v.onnx_threads,
+            v.max_batch_size,
+            v.batch_wait_ms,
+            v.faults.model_dump(),
+        )
+        for v in cfg.variants
+    }
+    return serve.deployment(
+        name="router",
+        num_replicas=cfg.router_replicas,
+        user_config=cfg.traffic(),
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,
+    )(Router).bind(config, versions, models, store)

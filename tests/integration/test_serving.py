@@ -1,0 +1,473 @@
+"""The serving app over real HTTP on a real local Serve: split, stickiness, shadow, A/B, guardrails.
+
+One app is deployed for the module (deploying costs ~30 s on 2 CPUs); each test sets the traffic
+it needs through the admin route first. The versions are registered under a model of their own
+from the session's training run, so the training tests' registry is left as it was.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import math
+import shutil
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from scipy import stats
+
+from shipyard.routing import Allocation, bucket_of
+from tests.conftest import ADMIN_TOKEN
+
+SERVE_MODEL = "churn-serve"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def versions(
+    trained: dict[str, Any], registry: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, int]:
+    """Two good versions (same bundle, two numbers) and one whose ONNX file is corrupt."""
+    run_id = trained["result"]["run_id"]
+    good = [
+        registry.register(SERVE_MODEL, run_id, tags={"purpose": "serving-test"}) for _ in range(2)
+    ]
+    registry.set_alias(SERVE_MODEL, "champion", good[0])
+    registry.set_alias(SERVE_MODEL, "challenger", good[1])
+    bundle = registry.download(SERVE_MODEL, good[0], tmp_path_factory.mktemp("bundle"))
+    corrupt = tmp_path_factory.mktemp("corrupt") / "model"
+    shutil.copytree(bundle, corrupt)
+    (corrupt / "model.onnx").write_bytes((corrupt / "model.onnx").read_bytes()[:-10] + b"0" * 10)
+    exp = registry.ensure_experiment(SERVE_MODEL)
+    bad_run = registry.start_run(exp, "corrupt-copy", tags={})
+    registry.log_artifacts(bad_run, corrupt, "model")
+    registry.end_run(bad_run)
+    bad = registry.register(SERVE_MODEL, bad_run, tags={"purpose": "corrupt"})
+    return {"control": good[0], "treatment": good[1], "corrupt": bad}
+
+
+def app_args(home: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": SERVE_MODEL,
+        "variants": [
+            {"name": "control", "version": "champion", "weight": 90, "num_replicas": 1, "num_cpus": 0},
+            {"name": "treatment", "version": "challenger", "weight": 10, "num_replicas": 1, "num_cpus": 0},
+            {"name": "canary", "version": "challenger", "weight": 0, "num_replicas": 1, "num_cpus": 0,
+             "faults": {"error_rate": 0.5}},
+            {"name": "mirror", "version": "challenger", "shadow": 50, "num_replicas": 1, "num_cpus": 0,
+             "faults": {"latency_ms": 3000, "error_rate": 0.3}},
+        ],
+        "state_dir": str(home / "serving-state"),
+        "guardrails": {"min_requests": 60, "max_error_rate_delta": 0.05},
+        "ab": {"min_outcomes": 50},
+        "limits": {"max_body_bytes": 65536, "max_instances": 100},
+        **extra,
+    }  # fmt: skip
+
+
+class Client:
+    def __init__(self, url: str, records: list[dict[str, Any]]) -> None:
+        self.url = url
+        self.records = records
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        """One HTTP session per thread (sessions are not shared across threads)."""
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def predict(
+        self, key: str | None = None, n: int = 1, headers: dict[str, str] | None = None
+    ) -> requests.Response:
+        body: dict[str, Any] = {"instances": self.records[:n]}
+        if key is not None:
+            body["key"] = key
+        return self.session.post(
+            f"{self.url}/predict", json=body, headers=headers or {}, timeout=30
+        )
+
+    def traffic(self, **body: Any) -> dict[str, Any]:
+        r = self.session.put(f"{self.url}/variants", json=body, headers=ADMIN, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def get(self, path: str) -> dict[str, Any]:
+        r = self.session.get(f"{self.url}{path}", timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def many(fn: Any, args: list[Any], workers: int = 8) -> list[Any]:
+    with cf.ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, args))
+
+
+@pytest.fixture(scope="module")
+def client(
+    cluster: Any, versions: dict[str, int], home: Path, dataset: Path, job_env: dict[str, str]
+) -> Iterator[Client]:
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+    from shipyard.localray import free_port
+
+    if not ray.is_initialized():
+        ray.init(address=cluster.gcs_address, logging_level="WARNING", log_to_driver=False)
+    port = free_port()
+    frame = pd.read_parquet(sorted(dataset.glob("*.parquet"))[0]).head(200)
+    records = json.loads(frame.drop(columns=["ts"]).to_json(orient="records"))
+    with pytest.MonkeyPatch.context() as mp:  # the builder (this process) sees the test registry
+        for k, v in job_env.items():
+            mp.setenv(k, v)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(app_args(home)), name="shipyard", route_prefix="/")
+        yield Client(f"http://127.0.0.1:{port}", records)
+        serve.delete("shipyard")
+        serve.shutdown()
+
+
+def test_split_matches_weights(client: Client) -> None:
+    client.traffic(weights={"control": 70, "treatment": 30, "canary": 0})
+    got = Counter(r.json()["variant"] for r in many(lambda _: client.predict(), list(range(1500))))
+    assert set(got) <= {"control", "treatment"}
+    _, p = stats.chisquare([got["control"], got["treatment"]], [0.7 * 1500, 0.3 * 1500])
+    assert p > 0.001, (got, p, client.get("/variants")["allocation"])
+
+
+def test_keys_are_sticky_and_move_only_from_control(client: Client) -> None:
+    client.traffic(weights={"control": 90, "treatment": 10, "canary": 0})
+    keys = [f"user-{i}" for i in range(600)]
+    before = dict(zip(keys, [r.json()["variant"] for r in many(client.predict, keys)]))
+    again = dict(zip(keys, [r.json()["variant"] for r in many(client.predict, keys)]))
+    assert before == again
+    client.traffic(weights={"control": 60, "treatment": 40})
+    after = dict(zip(keys, [r.json()["variant"] for r in many(client.predict, keys)]))
+    moves = Counter((before[k], after[k]) for k in keys if before[k] != after[k])
+    assert set(moves) == {("control", "treatment")}, moves
+    # The share follows the weights (binomial, 600 keys): ~40% treatment now.
+    share = sum(v == "treatment" for v in after.values()) / len(keys)
+    assert abs(share - 0.4) < 4 * math.sqrt(0.24 / len(keys))
+    # The router and a client holding the published table agree on every key.
+    table = Allocation.from_json(client.get("/variants")["allocation"])
+    assert all(table.variant_of(bucket_of(k, "")) == after[k] for k in keys)
+
+
+def test_shadow_is_never_returned_and_never_blocks(client: Client) -> None:
+    client.traffic(weights={"control": 50, "treatment": 50}, shadow={"mirror": 100})
+    before = client.get("/ab")["variants"]["mirror"].get("shadow_stats", {"mirrored": 0})
+    t0 = time.monotonic()
+    responses = [client.predict(key=f"s{i}") for i in range(20)]
+    elapsed = time.monotonic() - t0
+    assert all(r.status_code == 200 for r in responses)
+    assert {r.json()["variant"] for r in responses} <= {"control", "treatment"}
+    # Each mirrored call sleeps 3 s (faults.latency_ms): 20 live requests that waited for
+    # their shadow would take a minute; these took less than one shadow call.
+    assert elapsed < 3.0, elapsed
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sh = client.get("/ab")["variants"]["mirror"].get("shadow_stats", {"mirrored": 0})
+        if sh["mirrored"] - before["mirrored"] >= 20:
+            break
+        time.sleep(1)
+    assert sh["mirrored"] - before["mirrored"] >= 20, sh
+    assert sh["errors"] > 0  # the mirror fails 30% of its calls; no live request failed
+    assert sh["latency_ms"]["p50"] >= 3000
+    assert 0.0 <= sh["agreement_rate"] <= 1.0 and sh["mean_abs_diff"] == pytest.approx(0.0)
+    client.traffic(shadow={"mirror": 0})
+
+
+def test_weight_change_under_load_fails_no_request(client: Client) -> None:
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def load(i: int) -> None:
+        s = requests.Session()
+        n = 0
+        while not stop.is_set():
+            body = {"instances": client.records[:1], "key": f"load-{i}-{n % 50}"}
+            statuses.append(s.post(f"{client.url}/predict", json=body, timeout=30).status_code)
+            n += 1
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for w in (50, 10, 90, 30, 70):
+            time.sleep(0.5)
+            client.traffic(weights={"control": 100 - w, "treatment": w})
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(statuses) > 50
+    assert set(statuses) == {200}, Counter(statuses)
+
+
+def test_feedback_is_joined_to_the_variant_and_prediction(client: Client) -> None:
+    r = client.predict(key="fb-1").json()
+    fb = client.session.post(
+        f"{client.url}/feedback", json={"request_id": r["request_id"], "outcome": True}
+    )
+    assert fb.status_code == 200, fb.text
+    got = fb.json()
+    assert got["joined"] and got["variant"] == r["variant"]
+    assert got["model_version"] == int(r["model_version"])
+    assert got["prediction"] == pytest.approx(r["probabilities"][0])
+    dup = client.session.post(
+        f"{client.url}/feedback", json={"request_id": r["request_id"], "outcome": 0}
+    )
+    assert dup.status_code == 409 and r["request_id"] in dup.json()["error"]
+    early = client.session.post(
+        f"{client.url}/feedback", json={"request_id": "not-yet", "outcome": 1}
+    )
+    assert early.status_code == 202 and early.json()["status"] == "pending"
+
+
+def test_ab_report_counts_outcomes_per_variant(client: Client) -> None:
+    client.traffic(weights={"control": 50, "treatment": 50})
+    before = client.get("/ab")["variants"]
+    rng = np.random.default_rng(0)
+    sent: Counter[str] = Counter()
+    for i in range(200):
+        r = client.predict(key=f"ab-{i}").json()
+        outcome = int(rng.random() < (0.3 if r["variant"] == "control" else 0.5))
+        client.session.post(
+            f"{client.url}/feedback", json={"request_id": r["request_id"], "outcome": outcome}
+        )
+        sent[r["variant"]] += 1
+    report = client.get("/ab")
+    for name in ("control", "treatment"):
+        assert report["variants"][name]["outcomes"] - before[name]["outcomes"] == sent[name]
+        lo, hi = report["variants"][name]["outcome_ci95"]
+        assert lo <= report["variants"][name]["outcome_mean"] <= hi
+    cmp = report["comparisons"]["treatment"]
+    assert cmp["test"] == "two-proportion z-test" and 0 <= cmp["p_value"] <= 1
+    assert cmp["recommendation"] in {"keep running", "promote", "roll back", "investigate"}
+    # Requests sent with X-Shipyard-Variant are served but left out of the A/B statistics.
+    explicit = client.predict(headers={"X-Shipyard-Variant": "canary"})
+    assert explicit.status_code in (200, 503) and explicit.json()["variant"] == "canary"
+    assert client.get("/ab")["variants"]["canary"]["explicit"] >= 1
+
+
+def test_sample_ratio_mismatch_is_flagged(client: Client) -> None:
+    client.traffic(weights={"control": 55, "treatment": 45})  # a new epoch: SRM counts restart
+    table = Allocation.from_json(client.get("/variants")["allocation"])
+    keys = [f"srm-{i}" for i in range(1200)]
+    # A client bug that loses two thirds of the treatment's users:
+    kept = [
+        k for i, k in enumerate(keys) if table.variant_of(bucket_of(k)) == "control" or i % 3 == 0
+    ]
+    many(client.predict, kept)
+    srm = client.get("/ab")["srm"]
+    assert srm["flagged"] and srm["p_value"] < 0.001, srm
+    client.traffic(weights={"control": 50, "treatment": 50})
+    many(client.predict, keys[:400])  # an honest client in the new epoch: no mismatch
+    assert not client.get("/ab")["srm"]["flagged"]
+
+
+def test_guardrail_rolls_back_a_failing_canary(
+    client: Client, home: Path, registry: Any, versions: dict[str, int]
+) -> None:
+    client.traffic(weights={"control": 50, "treatment": 0, "canary": 50})
+    statuses = Counter(r.status_code for r in many(lambda _: client.predict(), list(range(400))))
+    assert statuses[503] > 0  # the canary fails half its requests (faults.error_rate)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        v = {x["variant"]: x for x in client.get("/variants")["variants"]}
+        if v["canary"]["weight"] == 0:
+            break
+        time.sleep(0.5)
+    assert v["canary"]["weight"] == 0, v
+    report = client.get("/ab")
+    assert "error rate" in report["variants"]["canary"]["rolled_back"]
+    assert {r.json()["variant"] for r in many(lambda _: client.predict(), list(range(100)))} == {
+        "control"
+    }
+    from shipyard.events import EventLog
+
+    events = [
+        e for e in EventLog(home / "events.jsonl").read() if e["kind"] == "canary_rolled_back"
+    ]
+    assert (
+        events
+        and events[-1]["variant"] == "canary"
+        and events[-1]["version"] == versions["treatment"]
+    )
+    # Its version lost the challenger alias: registry and live traffic agree.
+    assert "challenger" not in registry.aliases(SERVE_MODEL)
+    registry.set_alias(SERVE_MODEL, "challenger", versions["treatment"])
+
+
+def test_admin_routes_need_the_token(client: Client) -> None:
+    url = f"{client.url}/variants"
+    body = {"weights": {"treatment": 20}}
+    assert requests.put(url, json=body, timeout=30).status_code == 401
+    wrong = requests.put(url, json=body, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 403
+    assert requests.post(f"{url}/treatment/promote", timeout=30).status_code == 401
+    ok = requests.put(url, json=body, headers=ADMIN, timeout=30)
+    assert ok.status_code == 200 and ok.json()["weights"]["treatment"] == 20
+
+
+BAD_PREDICT = [
+    ("not json", {"data": b"{nope"}, 400, "not valid JSON"),
+    ("oversized body", {"data": b"{" + b" " * 70000 + b"}"}, 413, "max_body_bytes"),
+    ("too many instances", {"json": {"instances": "RECORDS*101"}}, 413, "max_instances"),
+    ("body not an object", {"json": [1, 2]}, 422, "instances"),
+    ("no instances", {"json": {"key": "a"}}, 422, "instances"),
+    ("empty instances", {"json": {"instances": []}}, 422, "non-empty"),
+    ("unknown top-level field", {"json": {"instances": "RECORDS*1", "extra": 1}}, 422, "extra"),
+    ("record not an object", {"json": {"instances": [3]}}, 422, "instance"),
+    ("missing feature", {"json": {"instance": "RECORD-income"}}, 422, "income"),
+    ("unknown feature", {"json": {"instance": "RECORD+colour"}}, 422, "colour"),
+    ("number as string", {"json": {"instance": "RECORD:income=abc"}}, 422, "income"),
+    ("category as number", {"json": {"instance": "RECORD:country=1.5"}}, 422, "country"),
+    ("bad key", {"json": {"instances": "RECORDS*1", "key": ["a"]}}, 422, "key"),
+    ("unknown variant header", {"json": {"instances": "RECORDS*1"}, "headers": {"X-Shipyard-Variant": "nope"}}, 400, "X-Shipyard-Variant"),
+]  # fmt: skip
+
+
+def _materialize(value: Any, records: list[dict[str, Any]]) -> Any:
+    if not isinstance(value, str):
+        return value
+    if value.startswith("RECORDS*"):
+        return [records[0]] * int(value.removeprefix("RECORDS*"))
+    if value.startswith("RECORD-"):
+        return {k: v for k, v in records[0].items() if k != value.removeprefix("RECORD-")}
+    if value.startswith("RECORD+"):
+        return {**records[0], value.removeprefix("RECORD+"): 1}
+    if value.startswith("RECORD:"):
+        field, raw = value.removeprefix("RECORD:").split("=")
+        return {**records[0], field: float(raw) if raw[0].isdigit() else raw}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("case", "request_kwargs", "status", "names"), BAD_PREDICT, ids=[c[0] for c in BAD_PREDICT]
+)
+def test_bad_predict_requests_are_client_errors(
+    client: Client, case: str, request_kwargs: dict[str, Any], status: int, names: str
+) -> None:
+    kwargs = dict(request_kwargs)
+    if "json" in kwargs and isinstance(kwargs["json"], dict):
+        kwargs["json"] = {k: _materialize(v, client.records) for k, v in kwargs["json"].items()}
+    r = client.session.post(f"{client.url}/predict", timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    assert names in r.json()["error"], r.text
+
+
+BAD_ADMIN = [
+    ("feedback without request_id", "post", "/feedback", {"outcome": 1}, 422, "request_id"),
+    ("feedback outcome not a number", "post", "/feedback", {"request_id": "x", "outcome": "yes"}, 422, "outcome"),
+    ("conversion outcome not 0/1", "post", "/feedback", {"request_id": "y", "outcome": 3}, 400, "outcome"),
+    ("weights for an unknown variant", "put", "/variants", {"weights": {"nope": 1}}, 400, "nope"),
+    ("negative weight", "put", "/variants", {"weights": {"treatment": -1}}, 422, "weights.treatment"),
+    ("shadow above 100", "put", "/variants", {"shadow": {"mirror": 150}}, 422, "shadow"),
+    ("live and shadow at once", "put", "/variants", {"shadow": {"treatment": 10}}, 400, "treatment"),
+    ("promote an unknown variant", "post", "/variants/nope/promote", None, 404, "nope"),
+    ("roll back the control", "post", "/variants/control/rollback", None, 409, "control"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "method", "path", "body", "status", "names"), BAD_ADMIN, ids=[c[0] for c in BAD_ADMIN]
+)
+def test_bad_feedback_and_admin_requests(
+    client: Client, case: str, method: str, path: str, body: Any, status: int, names: str
+) -> None:
+    r = client.session.request(method, f"{client.url}{path}", json=body, headers=ADMIN, timeout=30)
+    assert r.status_code == status, r.text
+    assert names in r.json()["error"], r.text
+
+
+def test_explain_sums_to_the_prediction(client: Client) -> None:
+    rec = client.records[3]
+    r = client.session.post(
+        f"{client.url}/explain",
+        json={"instance": rec},
+        headers={"X-Shipyard-Variant": "control"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    ex = r.json()
+    assert set(ex["contributions"]) >= {"income", "country", "tenure_months"}
+    margin = ex["base_value"] + sum(ex["contributions"].values())
+    assert margin == pytest.approx(ex["margin"], abs=1e-4)
+    p = client.predict(headers={"X-Shipyard-Variant": "control"}, n=4).json()["probabilities"][3]
+    assert 1 / (1 + math.exp(-margin)) == pytest.approx(p, abs=1e-5)
+
+
+def test_variants_manifest(client: Client, versions: dict[str, int]) -> None:
+    m = client.get("/variants")
+    v = {x["variant"]: x for x in m["variants"]}
+    assert v["control"]["model_version"] == versions["control"]
+    assert v["treatment"]["model_version"] == versions["treatment"]  # alias pinned at deploy
+    assert all(x["replicas"] == 1 and x["healthy"] and x["loaded_at"] > 0 for x in v.values())
+    assert sum(x["traffic_share"] for x in v.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("variant", "error"),
+    [({"version": 999}, "has no version 999"), ({"version": "corrupt"}, "corrupt: sha256")],
+    ids=["missing version", "corrupt version"],
+)
+def test_bad_version_is_refused_and_the_app_keeps_serving(
+    client: Client, home: Path, versions: dict[str, int], variant: dict[str, Any], error: str
+) -> None:
+    from serving.app import build_app
+    from shipyard.errors import ShipyardError
+
+    version = versions["corrupt"] if variant["version"] == "corrupt" else variant["version"]
+    args = app_args(home)
+    args["variants"][1] = {"name": "treatment", "weight": 10, "version": version}
+    with pytest.raises(ShipyardError, match=error):
+        build_app(args)
+    assert client.predict().status_code == 200
+
+
+def test_metrics_reach_prometheus(client: Client, cluster: Any) -> None:
+    for _ in range(20):
+        client.predict()
+    url = f"http://127.0.0.1:{cluster.metrics_port}/metrics"
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        if "shipyard_requests" in text and "shipyard_request_latency_ms" in text:
+            break
+        time.sleep(2)
+    lines = [
+        x
+        for x in text.splitlines()
+        if x.startswith("ray_shipyard_requests") or x.startswith("shipyard_requests")
+    ]
+    assert any('variant="control"' in x for x in lines), text[-2000:]
+
+
+def test_promote_moves_traffic_and_the_champion_alias(
+    client: Client, registry: Any, versions: dict[str, int]
+) -> None:
+    r = client.session.post(f"{client.url}/variants/treatment/promote", headers=ADMIN, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["control"] == "treatment"
+    aliases = registry.aliases(SERVE_MODEL)
+    assert aliases["champion"] == versions["treatment"]
+    assert aliases["previous_champion"] == versions["control"]
+    assert "challenger" not in aliases
+    assert {x.json()["variant"] for x in many(lambda _: client.predict(), list(range(50)))} == {
+        "treatment"
+    }
