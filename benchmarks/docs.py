@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from shipyard.config import reference_markdown
+from shipyard.serving_config import ServingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,9 +19,14 @@ def replace_block(text: str, name: str, body: str) -> str:
 def main() -> None:
     readme = ROOT / "README.md"
     text = replace_block(readme.read_text(), "config-reference", reference_markdown())
-    bench = ROOT / "benchmarks" / "results" / "foundation.md"
-    if bench.exists():
-        text = replace_block(text, "bench", bench.read_text())
+    text = replace_block(text, "serving-reference", reference_markdown(ServingConfig))
+    parts = [
+        p.read_text()
+        for p in (ROOT / "benchmarks" / "results" / n for n in ("foundation.md", "serving.md"))
+        if p.exists()
+    ]
+    if parts:
+        text = replace_block(text, "bench", "\n".join(parts))
     readme.write_text(text)
 
 

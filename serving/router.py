@@ -264,6 +264,14 @@ class Router:
             response.cancel()
             raise
 
+    async def _store(self, method: str, *args: Any) -> Any:
+        """Call the experiment store; unreachable is a 503 for this request, never a 500."""
+        try:
+            return await getattr(self.store, method).remote(*args)
+        except Exception as err:
+            logger.warning("experiment store call %s failed: %s", method, err)
+            raise ClientError(503, "experiment store unavailable; retry shortly") from None
+
     def _record(self, **fields: Any) -> None:
         self.buffer.append({"t": "req", "ts": time.time(), **fields})
 
@@ -412,10 +420,10 @@ class Router:
                 raise ClientError(
                     422, f"outcome must be a number (or true/false), got {outcome!r}"[:200]
                 )
+            await self._flush()  # the request it refers to may still be in this router's buffer
+            answer = await self._store("feedback", rid, float(outcome))
         except ClientError as err:
             return _error(err.status, err.detail)
-        await self._flush()  # the request it refers to may still be in this router's buffer
-        answer = await self.store.feedback.remote(rid, float(outcome))
         if "error" in answer:
             return _error(answer["status"], answer["error"])
         return JSONResponse(answer["ok"], status_code=200 if answer["ok"]["joined"] else 202)
@@ -423,7 +431,10 @@ class Router:
     @api.get("/ab")
     async def ab(self) -> JSONResponse:
         await self._flush()
-        report = await self.store.report.remote()
+        try:
+            report = await self._store("report")
+        except ClientError as err:
+            return _error(err.status, err.detail)
         report["router"] = {"dropped_records": self.dropped_records}
         return JSONResponse(report)
 
@@ -473,26 +484,27 @@ class Router:
                 first = err.errors()[0]
                 where = ".".join(str(p) for p in first["loc"]) or "body"
                 raise ClientError(422, f"{where}: {first['msg']}") from None
+            answer = await self._store("set_traffic", update.model_dump(), "PUT /variants")
         except ClientError as err:
             return _error(err.status, err.detail)
-        answer = await self.store.set_traffic.remote(update.model_dump(), "PUT /variants")
         return await self._admin_answer(answer)
 
     @api.post("/variants/{name}/promote")
     async def promote(self, name: str, request: Request) -> JSONResponse:
         try:
             self._admin(request)
+            answer = await self._store("promote", name, "admin")
         except ClientError as err:
             return _error(err.status, err.detail)
-        return await self._admin_answer(await self.store.promote.remote(name, "admin"))
+        return await self._admin_answer(answer)
 
     @api.post("/variants/{name}/rollback")
     async def rollback(self, name: str, request: Request) -> JSONResponse:
         try:
             self._admin(request)
+            answer = await self._store("rollback", name, "rolled back by an operator", "admin")
         except ClientError as err:
             return _error(err.status, err.detail)
-        answer = await self.store.rollback.remote(name, "rolled back by an operator", "admin")
         return await self._admin_answer(answer)
 
     async def _admin_answer(self, answer: dict[str, Any]) -> JSONResponse:

@@ -32,6 +32,8 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "churn-test"
 ADMIN_TOKEN = "test-admin-token"
+# Serve runs the way Shipyard deploys it (see README "Serve and A/B test", benchmarks).
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +60,7 @@ def cluster(home: Path, job_env: dict[str, str]) -> Iterator[Any]:
     """
     from shipyard.localray import LocalCluster
 
-    env = {**job_env, "SHIPYARD_ADMIN_TOKEN": ADMIN_TOKEN}
+    env = {**job_env, "SHIPYARD_ADMIN_TOKEN": ADMIN_TOKEN, **SERVE_ENV}
     with LocalCluster(num_cpus=2, log_path=home / "ray-start.log", env=env) as c:
         yield c
 

@@ -244,6 +244,10 @@ def reference_markdown(model: type[BaseModel] = TrainJobConfig) -> str:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
                 continue
+            args = getattr(ann, "__args__", ())
+            if getattr(ann, "__origin__", None) is list and args and issubclass(args[0], BaseModel):
+                walk(args[0], f"{prefix}{name}[].")  # a list of sections: document the item
+                continue
             if field.is_required():
                 default = "required"
             elif field.default_factory is not None:

@@ -1,16 +1,24 @@
 """`make demo`: a local Ray cluster, the default dataset, the training job through `ray job submit`,
-and a summary of the version it registered."""
+a summary of the version it registered, then champion and challenger served 90/10 with
+`serve deploy`, keyed traffic with simulated outcomes, and the A/B report."""
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from shipyard import datagen
 from shipyard.lineage import git_env
@@ -19,6 +27,9 @@ from shipyard.registry import HOME_ENV, Registry, resolve_tracking_uri
 from shipyard.submit import submit_command
 
 CONFIG = "jobs/configs/demo.yaml"
+SERVE_CONFIG = "serving/config.yaml"
+# A second candidate when the registry has only one version: shallower trees, fewer rounds.
+CHALLENGER_OVERRIDES = ["train.params.max_depth=4", "train.num_boost_round=150"]
 
 
 def summarize(registry: Registry, name: str, version: int) -> str:
@@ -59,11 +70,139 @@ def summarize(registry: Registry, name: str, version: int) -> str:
     return "\n".join(lines)
 
 
+def train(
+    cluster: LocalCluster, home: Path, data_dir: Path, tracking_uri: str, extra: list[str]
+) -> int:
+    """Submit the training job with `ray job submit`; returns its exit code."""
+    sets = [a for kv in extra for a in ("--set", kv)]
+    cmd = submit_command(
+        cluster.address,
+        [
+            "python",
+            "-m",
+            "jobs.train",
+            "--config",
+            CONFIG,
+            "--data",
+            str(data_dir / "*.parquet"),
+            *sets,
+        ],
+        env_vars={
+            HOME_ENV: str(home),
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            **git_env(),
+        },
+        submission_id=f"shipyard-demo-{uuid.uuid4().hex[:8]}",
+    )
+    print("$ ray job submit ... -- " + " ".join(cmd[cmd.index("--") + 1 :]), flush=True)
+    return subprocess.run(cmd, env=ray_env()).returncode
+
+
+def deploy(cluster: LocalCluster, home: Path, port: int) -> str:
+    """`serve deploy` serving/config.yaml (on a free local port); wait until it answers."""
+    cfg = yaml.safe_load(Path(SERVE_CONFIG).read_text())
+    cfg["http_options"] = {"host": "127.0.0.1", "port": port}
+    path = home / "serving" / "demo-serve-config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    print(f"$ serve deploy {SERVE_CONFIG}   (http port {port})", flush=True)
+    subprocess.run(
+        [serve_bin, "deploy", str(path), "--address", cluster.address], env=ray_env(), check=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+                if json.loads(r.read()).get("ok"):
+                    return url
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the serving app did not come up at {url}; see `serve status`")
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        out: dict[str, Any] = json.loads(r.read())
+        return out
+
+
+def send_traffic(url: str, data_dir: Path, users: int = 1500, per_user: int = 2) -> dict[str, int]:
+    """Keyed requests from holdout-like records; each user converts with a variant-dependent
+    chance (control 10%, treatment 13%) reported through /feedback."""
+    import random
+
+    import pandas as pd
+
+    frame = pd.read_parquet(sorted(data_dir.glob("*.parquet"))[-1]).head(users)
+    records = json.loads(frame.drop(columns=["ts"]).to_json(orient="records"))
+    rng = random.Random(0)
+    rates = {"control": 0.10, "treatment": 0.13}
+
+    def one(i: int) -> str:
+        rec = records[i % len(records)]
+        out = _post(f"{url}/predict", {"instances": [rec], "key": f"user-{i % users}"})
+        if rng.random() < 0.9:  # not every outcome comes back
+            _post(
+                f"{url}/feedback",
+                {
+                    "request_id": out["request_id"],
+                    "outcome": int(rng.random() < rates.get(out["variant"], 0.1)),
+                },
+            )
+        return str(out["variant"])
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        served = list(pool.map(one, range(users * per_user)))
+    return {v: served.count(v) for v in sorted(set(served))}
+
+
+def ab_summary(report: dict[str, Any]) -> str:
+    lines = [f"A/B report (GET /ab) — metric {report['metric']}, control {report['control']}"]
+    for name, v in report["variants"].items():
+        lat = v["latency_ms"]
+        ci = v["outcome_ci95"]
+        lines.append(
+            f"  {name:<10} v{v['model_version']}  weight {v['weight']:>5.1f}  requests {v['requests']:>5}"
+            f"  errors {v['errors']}  p50 {lat['p50'] or 0:.1f} ms  p99 {lat['p99'] or 0:.1f} ms"
+            + (
+                f"  conversion {v['outcome_mean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (n={v['outcomes']})"
+                if ci
+                else ""
+            )
+        )
+    for name, c in report["comparisons"].items():
+        seq = c["sequential_p_value"]
+        lines.append(
+            f"  {name} vs {c['against']}: lift {c['lift'] if c['lift'] is not None else float('nan'):+.1%}"
+            f"  {c['test']} p={c['p_value'] if c['p_value'] is not None else float('nan'):.3g}"
+            f"  always-valid p={'n/a' if seq is None else f'{seq:.3g}'}"
+        )
+        lines.append(f"  recommendation: {c['recommendation']} ({c['reason']})")
+    srm = report["srm"]
+    if srm["p_value"] is not None:
+        lines.append(
+            f"  sample ratio: observed {srm['observed']}, p={srm['p_value']:.3g}"
+            f" ({'MISMATCH' if srm['flagged'] else 'ok'})"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--state", default="state", help="state directory (SHIPYARD_HOME)")
     ap.add_argument("--rows", type=int, default=50_000, help="rows of demo data to generate")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    ap.add_argument("--no-serve", action="store_true", help="train only; skip serving and A/B")
+    ap.add_argument(
+        "--keep-serving", action="store_true", help="keep the app up until Ctrl-C at the end"
+    )
     args = ap.parse_args(argv)
 
     home = Path(args.state).absolute()
@@ -82,38 +221,60 @@ def main(argv: list[str] | None = None) -> int:
     name = "churn"
     before = {int(v.version) for v in registry.versions(name)}
 
+    token = os.environ.get("SHIPYARD_ADMIN_TOKEN") or secrets.token_urlsafe(16)
+    cluster_env = {
+        HOME_ENV: str(home),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "SHIPYARD_ADMIN_TOKEN": token,
+        # Ray 2.60's throughput-optimised Serve: faster here in benchmarks/serving.py.
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    }
     print(f"starting a local Ray cluster ({args.num_cpus} CPUs) ...", flush=True)
-    with LocalCluster(num_cpus=args.num_cpus, log_path=home / "logs" / "ray-start.log") as cluster:
+    log = home / "logs" / "ray-start.log"
+    with LocalCluster(num_cpus=args.num_cpus, log_path=log, env=cluster_env) as cluster:
         print(f"Ray dashboard and job API at {cluster.address}", flush=True)
-        cmd = submit_command(
-            cluster.address,
-            [
-                "python",
-                "-m",
-                "jobs.train",
-                "--config",
-                CONFIG,
-                "--data",
-                str(data_dir / "*.parquet"),
-            ],
-            env_vars={
-                HOME_ENV: str(home),
-                "MLFLOW_TRACKING_URI": tracking_uri,
-                "MLFLOW_DISABLE_TELEMETRY": "true",
-                **git_env(),
-            },
-            submission_id=f"shipyard-demo-{uuid.uuid4().hex[:8]}",
-        )
-        print("$ ray job submit ... -- " + " ".join(cmd[cmd.index("--") + 1 :]), flush=True)
-        rc = subprocess.run(cmd, env=ray_env()).returncode
-    after = {int(v.version) for v in registry.versions(name)} - before
-    if rc != 0 or not after:
+        rc = train(cluster, home, data_dir, tracking_uri, [])
+        after = {int(v.version) for v in registry.versions(name)} - before
+        if rc != 0 or not after:
+            print(
+                f"\nthe training job did not register a version (exit code {rc}); see its log above",
+                file=sys.stderr,
+            )
+            return rc or 1
+        print("\n" + summarize(registry, name, max(after)) + "\n", flush=True)
+        if args.no_serve:
+            return 0
+        aliases = registry.aliases(name)
+        if aliases.get("champion") == aliases.get("challenger"):
+            print("training a second candidate so there is something to A/B test ...", flush=True)
+            if train(cluster, home, data_dir, tracking_uri, CHALLENGER_OVERRIDES) != 0:
+                print("the second candidate did not register; serving the champion alone")
+        aliases = registry.aliases(name)
         print(
-            f"\nthe training job did not register a version (exit code {rc}); see its log above",
-            file=sys.stderr,
+            f"\nserving champion v{aliases['champion']} and challenger v{aliases['challenger']} 90/10"
         )
-        return rc or 1
-    print("\n" + summarize(registry, name, max(after)))
+        from shipyard.localray import free_port
+
+        url = deploy(cluster, home, free_port())
+        print(f"app up at {url}; sending keyed traffic with simulated outcomes ...", flush=True)
+        served = send_traffic(url, data_dir)
+        print(f"served: {served}")
+        time.sleep(0.5)
+        with urllib.request.urlopen(f"{url}/ab", timeout=30) as r:
+            print("\n" + ab_summary(json.loads(r.read())))
+        print(
+            f"\nTry it:\n  curl -s {url}/variants\n  curl -s {url}/ab"
+            f"\n  curl -s -X PUT {url}/variants -H 'Authorization: Bearer {token}'"
+            ' -d \'{"weights": {"treatment": 50}}\''
+        )
+        if args.keep_serving:
+            print("serving until Ctrl-C ...", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
     return 0
 
 

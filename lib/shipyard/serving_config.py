@@ -73,7 +73,9 @@ class Variant(_Strict):
         256, description="Most records per ONNX Runtime call across concurrent requests."
     )
     batch_wait_ms: NonNegativeFloat = Field(
-        1.0, description="How long a batch waits for more requests (ms)."
+        0.0,
+        description="How long a batch waits for more requests (ms). 0: batch whatever is "
+        "queued at that moment, so a lone request never waits.",
     )
     faults: Faults = Field(default_factory=Faults, description="Fault injection (drills only).")
 

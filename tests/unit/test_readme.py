@@ -2,17 +2,24 @@
 
 from pathlib import Path
 
-from shipyard.config import reference_markdown
+import pytest
+
+from shipyard.config import TrainJobConfig, reference_markdown
+from shipyard.serving_config import ServingConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_config_reference_is_current() -> None:
+@pytest.mark.parametrize(
+    ("block", "model"),
+    [("config-reference", TrainJobConfig), ("serving-reference", ServingConfig)],
+)
+def test_config_reference_is_current(block: str, model: type) -> None:
     text = README.read_text()
-    start = text.index("<!-- config-reference:start -->") + len("<!-- config-reference:start -->")
-    end = text.index("<!-- config-reference:end -->")
-    assert text[start:end].strip() == reference_markdown().strip(), (
-        "README config reference is stale: run `make docs`"
+    start = text.index(f"<!-- {block}:start -->") + len(f"<!-- {block}:start -->")
+    end = text.index(f"<!-- {block}:end -->")
+    assert text[start:end].strip() == reference_markdown(model).strip(), (
+        f"README {block} is stale: run `make docs`"
     )
 
 
