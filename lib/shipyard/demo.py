@@ -99,15 +99,24 @@ def train(
     return subprocess.run(cmd, env=ray_env()).returncode
 
 
-def deploy(cluster: LocalCluster, home: Path, port: int) -> str:
-    """`serve deploy` serving/config.yaml (on a free local port); wait until it answers."""
+def deploy(
+    cluster: LocalCluster, home: Path, port: int, weights: dict[str, float] | None = None
+) -> str:
+    """`serve deploy` serving/config.yaml (on a free local port); wait until it answers.
+
+    With `weights`, only the router's user_config changes: Serve reconfigures it in place.
+    """
     cfg = yaml.safe_load(Path(SERVE_CONFIG).read_text())
     cfg["http_options"] = {"host": "127.0.0.1", "port": port}
+    if weights:
+        router = next(d for d in cfg["applications"][0]["deployments"] if d["name"] == "router")
+        router["user_config"]["weights"] = weights
     path = home / "serving" / "demo-serve-config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     serve_bin = str(Path(sys.executable).with_name("serve"))
-    print(f"$ serve deploy {SERVE_CONFIG}   (http port {port})", flush=True)
+    what = f"user_config weights {weights}" if weights else f"http port {port}"
+    print(f"$ serve deploy {SERVE_CONFIG}   ({what})", flush=True)
     subprocess.run(
         [serve_bin, "deploy", str(path), "--address", cluster.address], env=ray_env(), check=True
     )
@@ -115,13 +124,19 @@ def deploy(cluster: LocalCluster, home: Path, port: int) -> str:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                if json.loads(r.read()).get("ok"):
-                    return url
+            live = _get(f"{url}/variants")
+            if not weights or {v["variant"]: v["weight"] for v in live["variants"]} == weights:
+                return url
         except OSError:
             pass
         time.sleep(1)
-    raise TimeoutError(f"the serving app did not come up at {url}; see `serve status`")
+    raise TimeoutError(f"the serving app did not come up as deployed at {url}; see `serve status`")
+
+
+def _get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        out: dict[str, Any] = json.loads(r.read())
+        return out
 
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -261,8 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         served = send_traffic(url, data_dir)
         print(f"served: {served}")
         time.sleep(0.5)
-        with urllib.request.urlopen(f"{url}/ab", timeout=30) as r:
-            print("\n" + ab_summary(json.loads(r.read())))
+        print("\n" + ab_summary(_get(f"{url}/ab")) + "\n")
+        loaded = {v["variant"]: v["loaded_at"] for v in _get(f"{url}/variants")["variants"]}
+        deploy(cluster, home, int(url.rsplit(":", 1)[1]), weights={"control": 80, "treatment": 20})
+        live = _get(f"{url}/variants")["variants"]
+        same = all(v["loaded_at"] == loaded[v["variant"]] for v in live)
+        print(
+            "live weights now "
+            + ", ".join(f"{v['variant']} {v['weight']:g}" for v in live)
+            + ("; no replica restarted" if same else "; replicas were restarted")
+        )
         print(
             f"\nTry it:\n  curl -s {url}/variants\n  curl -s {url}/ab"
             f"\n  curl -s -X PUT {url}/variants -H 'Authorization: Bearer {token}'"

@@ -159,6 +159,11 @@ def test_keys_are_sticky_and_move_only_from_control(client: Client) -> None:
     # The share follows the weights (binomial, 600 keys): ~40% treatment now.
     share = sum(v == "treatment" for v in after.values()) / len(keys)
     assert abs(share - 0.4) < 4 * math.sqrt(0.24 / len(keys))
+    # The key may come as a header instead.
+    assert all(
+        client.predict(headers={"X-Shipyard-Key": k}).json()["variant"] == after[k]
+        for k in keys[:20]
+    )
     # The router and a client holding the published table agree on every key.
     table = Allocation.from_json(client.get("/variants")["allocation"])
     assert all(table.variant_of(bucket_of(k, "")) == after[k] for k in keys)
