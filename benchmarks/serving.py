@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--name", default="serving", help="results file name (NAME.md, NAME.json)")
     ap.add_argument("--serve-only", metavar="HOME", help=argparse.SUPPRESS)  # child of run()
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -337,8 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serving.md").write_text(text + "\n")
-    (out / "serving.json").write_text(json.dumps(r, indent=1))
+    (out / f"{args.name}.md").write_text(text + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(r, indent=1))
 
 
 if __name__ == "__main__":
