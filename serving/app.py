@@ -27,10 +27,11 @@ def resolve_versions(cfg: ServingConfig, registry: Registry) -> dict[str, int]:
     """Variant -> version number; every bundle downloaded once and its checksums verified."""
     versions: dict[str, int] = {}
     for v in cfg.variants:
-        mv = registry.get_version(cfg.model, v.version)  # ModelNotFound names what exists
-        path = registry.download(cfg.model, int(mv.version))  # ArtifactError on a mismatch
-        shutil.rmtree(path.parent, ignore_errors=True)
-        versions[v.name] = int(mv.version)
+        number = int(registry.get_version(cfg.model, v.version).version)  # ModelNotFound
+        if number not in versions.values():  # variants may share a version: verify it once
+            path = registry.download(cfg.model, number)  # ArtifactError on a mismatch
+            shutil.rmtree(path.parent, ignore_errors=True)
+        versions[v.name] = number
     return versions
 
 

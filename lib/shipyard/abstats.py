@@ -37,6 +37,13 @@ class Moments:
                 Moments(int(arr.size), float(arr.mean()), float(((arr - arr.mean()) ** 2).sum()))
             )
 
+    def push(self, x: float) -> None:
+        """One value (Welford): the streaming path, without building an array per value."""
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
     def merge(self, other: Moments) -> None:
         if other.n == 0:
             return

@@ -345,7 +345,7 @@ class Experiment:
             return
         pred = r.get("pred")
         if ab and pred is not None and math.isfinite(pred):
-            st.predictions.add([pred])
+            st.predictions.push(pred)
         self.index[r["id"]] = {
             "variant": r["variant"],
             "version": r.get("version"),
@@ -375,7 +375,7 @@ class Experiment:
             sh.compared += 1
             sh.agree += int(bool(r["agree"]))
         if r.get("abs_diff") is not None:
-            sh.abs_diff.add([float(r["abs_diff"])])
+            sh.abs_diff.push(float(r["abs_diff"]))
 
     # --- feedback -----------------------------------------------------------------------------
     def feedback(self, request_id: str, outcome: float) -> dict[str, Any]:
@@ -409,7 +409,7 @@ class Experiment:
         entry = self.index[request_id]
         entry["outcome"] = outcome
         if entry["ab"]:
-            self.stats[entry["variant"]].outcomes.add([outcome])
+            self.stats[entry["variant"]].outcomes.push(outcome)
             self._look()
 
     def _expire_pending(self) -> None:

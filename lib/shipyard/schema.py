@@ -65,21 +65,7 @@ class InputSchema:
 
     def encode(self, df: pd.DataFrame) -> np.ndarray:
         """Raw frame -> float32 matrix in feature order (the booster's input)."""
-        self.check_columns(df)
-        out = np.empty((len(df), len(self.features)), dtype=np.float32)
-        for j, f in enumerate(self.features):
-            col = df[f.name]
-            if f.kind == "numeric":
-                out[:, j] = pd.to_numeric(col, errors="coerce").to_numpy(
-                    dtype=np.float64, na_value=np.nan
-                )
-            else:
-                codes = {c: i for i, c in enumerate(f.categories)}
-                strs = category_strings(col)
-                out[:, j] = np.fromiter(
-                    (codes.get(v, np.nan) for v in strs), dtype=np.float32, count=len(strs)
-                )
-        return out
+        return self.encode_feed(self.onnx_feed(df))
 
     def onnx_feed(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         """Raw frame -> the ONNX graph's inputs: one [N, 1] tensor per feature."""
@@ -164,7 +150,7 @@ class InputSchema:
         return feed
 
     def encode_feed(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        """An ONNX feed -> the booster's float32 matrix (same encoding as `encode`)."""
+        """An ONNX feed (raw values per feature) -> the booster's float32 matrix."""
         n = len(next(iter(feed.values()))) if feed else 0
         out = np.empty((n, len(self.features)), dtype=np.float32)
         for j, f in enumerate(self.features):
@@ -173,7 +159,7 @@ class InputSchema:
                 out[:, j] = col
             else:
                 codes = {c: i for i, c in enumerate(f.categories)}
-                out[:, j] = [codes.get(v, np.nan) for v in col]
+                out[:, j] = np.fromiter((codes.get(v, np.nan) for v in col), np.float32, len(col))
         return out
 
     def encode_target(self, y: pd.Series) -> np.ndarray:

@@ -118,3 +118,12 @@ def test_recommendation(kwargs: dict, decision: str) -> None:
     base = dict(guardrail_tripped=None, srm_flagged=False, n_control=500, n_treatment=500,
                 min_outcomes=100, sequential_p=None, diff=None, alpha=0.05)  # fmt: skip
     assert abstats.recommend(**{**base, **kwargs})[0] == decision
+
+
+def test_push_equals_add() -> None:
+    x = np.random.default_rng(5).normal(2, 3, 500)
+    a, b = Moments(), Moments()
+    a.add(x)
+    for v in x:
+        b.push(float(v))
+    assert (b.n, b.mean, b.var) == pytest.approx((a.n, a.mean, a.var))
