@@ -166,6 +166,7 @@ class Experiment:
         self.msprt: dict[str, dict[str, float | None]] = {}
         self.index: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self.pending: dict[str, tuple[float, float]] = {}
+        self._unindexed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.feedback_unmatched = 0
         self.started = self.clock()
         self._saved = 0.0
@@ -319,8 +320,12 @@ class Experiment:
 
     def _ingest_request(self, r: dict[str, Any]) -> None:
         st = self.stats.get(r["variant"])
-        if st is None:
-            return
+        if st is None or r["id"] in self.index or r["id"] in self._unindexed:
+            return  # routers deliver at least once (a flush that timed out is sent again)
+        if int(r.get("status", 200)) >= 400:  # not joinable, but remembered for de-duplication
+            self._unindexed[r["id"]] = None
+            while len(self._unindexed) > self.max_index:
+                self._unindexed.popitem(last=False)
         st.requests += 1
         status = int(r.get("status", 200))
         if 400 <= status < 500:

@@ -225,3 +225,11 @@ def test_report_compares_treatment_with_control(exp: Experiment) -> None:
     assert cmp["difference"] == pytest.approx(0.1) and cmp["lift"] == pytest.approx(0.5)
     assert cmp["p_value"] < 0.01 and cmp["sequential_p_value"] < 0.05
     assert cmp["recommendation"] == "promote"
+
+
+def test_a_batch_delivered_twice_is_counted_once(exp: Experiment) -> None:
+    batch = requests_for("treatment", 3) + requests_for("treatment", 2, status=503)
+    exp.ingest(batch)
+    exp.ingest(batch)  # a router re-sends a flush whose answer it did not get
+    st = exp.stats["treatment"]
+    assert st.requests == 5 and st.errors == 2 and st.epoch_requests == 5
