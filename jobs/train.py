@@ -222,6 +222,7 @@ def _train_and_register(
             "rounds": outcome.rounds,
             "best_iteration": outcome.best_iteration,
             "valid_loss": outcome.valid_loss,
+            "resumed_from_round": outcome.resumed_from,
             "num_workers": cfg.train.num_workers,
             "use_gpu": cfg.train.use_gpu,
             "checkpoint": outcome.checkpoint_path,
@@ -388,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": report.evaluation["metrics"],
         "baseline": report.evaluation["baseline"],
         "onnx_latency": report.evaluation["onnx"]["latency"],
+        "training": {
+            k: report.evaluation["training"][k]
+            for k in ("rounds", "best_iteration", "resumed_from_round", "checkpoint")
+        },
     }
     print("SHIPYARD_RESULT " + json.dumps(summary, default=float))
     if report.gate_failures:

@@ -40,15 +40,22 @@ def booster_params(cfg: TrainSection, schema: InputSchema) -> dict[str, Any]:
     return params
 
 
-def _report_callback(metrics: dict[str, str], frequency: int) -> Any:
+def _report_callback(metrics: dict[str, str], frequency: int, resumed_from: int) -> Any:
     """Ray's XGBoost callback, reporting only with checkpoints.
 
     The stock callback calls `ray.train.report` after every round, a synchronous round trip
-    through the Train controller that costs far more than a boosting round on small data.
+    through the Train controller that costs far more than a boosting round on small data. Every
+    report also says from which round this attempt started (0, or a checkpoint's round after a
+    worker or node loss).
     """
     from ray.train.xgboost import RayTrainReportCallback
 
     class CheckpointReportCallback(RayTrainReportCallback):
+        def _save_and_report_checkpoint(self, report_dict: dict[str, Any], model: Any) -> None:
+            # Also the end-of-training report, which has no metrics when a run resumed from
+            # a checkpoint taken at its last round.
+            super()._save_and_report_checkpoint({**report_dict, "resumed_from": resumed_from}, model)
+
         def _report_metrics(self, report_dict: dict[str, Any]) -> None:
             return None
 
@@ -88,6 +95,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             _report_callback(
                 {"valid_loss": f"valid-{config['params']['eval_metric']}"},
                 config["checkpoint_every"],
+                done,
             )
         ],
     )
@@ -100,6 +108,7 @@ class TrainOutcome:
     best_iteration: int
     checkpoint_path: str
     valid_loss: float | None
+    resumed_from: int  # 0, or the checkpoint round the last attempt resumed from
 
 
 def train_xgboost(
@@ -152,6 +161,7 @@ def train_xgboost(
         best_iteration=best,
         checkpoint_path=str(Path(result.checkpoint.path)),
         valid_loss=metrics.get("valid_loss"),
+        resumed_from=int(metrics.get("resumed_from") or 0),
     )
 
 

@@ -170,6 +170,91 @@ class TrainJobConfig(_Strict):
     events: EventsSection = Field(default_factory=EventsSection)
 
 
+class SearchParam(_Strict):
+    """One dimension of the search space: `{type: loguniform, low: 0.01, high: 0.3}`."""
+
+    type: Literal["uniform", "loguniform", "int", "choice"] = Field(
+        description="uniform | loguniform | int (inclusive) | choice."
+    )
+    low: float | None = Field(None, description="Lower bound (uniform, loguniform, int).")
+    high: float | None = Field(None, description="Upper bound (uniform, loguniform, int).")
+    values: list[Any] | None = Field(None, description="The options of a `choice`.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SearchParam:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty `values` list")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} parameter needs low < high (got {self.low}, {self.high})")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"a loguniform parameter needs low > 0 (got {self.low})")
+        return self
+
+
+class TuneSection(_Strict):
+    num_samples: PositiveInt = Field(16, description="Trials (configurations) to run.")
+    searcher: Literal["random", "optuna"] = Field(
+        "random", description="random, or optuna (TPE, model-based: proposes from past trials)."
+    )
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha", description="asha stops poor trials early at rungs; fifo runs every trial out."
+    )
+    max_rounds: PositiveInt = Field(200, description="Boosting rounds of a trial run to the end.")
+    grace_period: PositiveInt = Field(10, description="ASHA: rounds before a trial can be stopped.")
+    reduction_factor: float = Field(3.0, gt=1, description="ASHA: keep 1/this at every rung.")
+    report_every: PositiveInt = Field(5, description="Report the metric every K rounds.")
+    checkpoint_every: PositiveInt = Field(10, description="Checkpoint a trial every K rounds.")
+    cpus_per_trial: PositiveFloat = Field(1.0, description="CPUs reserved per trial.")
+    gpus_per_trial: NonNegativeFloat = Field(0.0, description="GPUs per trial (device=cuda if >0).")
+    max_concurrent_trials: PositiveInt | None = Field(
+        None, description="Cap on trials at once; default what the resources allow."
+    )
+    max_failures: int = Field(
+        3, ge=-1, description="Retries of a trial after a worker or node loss (from its checkpoint)."
+    )
+    seed: int = Field(0, description="Seed of the searcher.")
+    storage_path: str | None = Field(
+        None, description="Experiment storage (local dir or s3:// / gs://); default under state."
+    )
+    name: str | None = Field(None, description="Study name; default '<model.name>-tune'.")
+    train_best: bool = Field(
+        True, description="Train and register the best trial's config through jobs.train's path."
+    )
+    space: dict[str, SearchParam] = Field(
+        default_factory=lambda: {
+            "eta": SearchParam(type="loguniform", low=0.02, high=0.3),
+            "max_depth": SearchParam(type="int", low=3, high=8),
+            "min_child_weight": SearchParam(type="loguniform", low=0.5, high=20),
+            "subsample": SearchParam(type="uniform", low=0.6, high=1.0),
+            "colsample_bytree": SearchParam(type="uniform", low=0.6, high=1.0),
+        },
+        description="XGBoost parameters to search: name -> {type, low, high | values}.",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _space_params(cls, v: dict[str, SearchParam]) -> dict[str, SearchParam]:
+        owned = {"objective", "num_class", "device", "nthread", "eval_metric"} & set(v)
+        if owned:
+            raise ValueError(f"tune.space may not search {sorted(owned)}: Shipyard sets them")
+        if not v:
+            raise ValueError("tune.space is empty: name at least one parameter to search")
+        return v
+
+
+class TuneJobConfig(TrainJobConfig):
+    """Config of `python -m jobs.tune`: a training config plus a `tune` section."""
+
+    tune: TuneSection = Field(default_factory=TuneSection)
+
+    def train_config(self, params: dict[str, Any] | None = None) -> TrainJobConfig:
+        raw = self.model_dump(mode="json", exclude={"tune"})
+        raw["train"]["params"] = {**raw["train"]["params"], **(params or {})}
+        return TrainJobConfig.model_validate(raw)
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors(include_url=False):
@@ -232,6 +317,16 @@ def load_train_config(
         for key, value in (overrides or {}).items():
             set_override(raw, key, value)
     return parse_config(raw, TrainJobConfig, source=str(path))
+
+
+def load_tune_config(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> TuneJobConfig:
+    raw = load_yaml(path)
+    if isinstance(raw, dict):
+        for key, value in (overrides or {}).items():
+            set_override(raw, key, value)
+    return parse_config(raw, TuneJobConfig, source=str(path))
 
 
 def reference_markdown(model: type[BaseModel] = TrainJobConfig) -> str:

@@ -74,6 +74,7 @@ class LocalCluster:
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []  # more `ray start` flags (e.g. --autoscaling-config)
 
     @property
     def address(self) -> str:
@@ -83,7 +84,7 @@ class LocalCluster:
     def gcs_address(self) -> str:
         return f"127.0.0.1:{self.gcs_port}"
 
-    def start(self) -> LocalCluster:
+    def command(self) -> list[str]:
         ray_bin = str(Path(sys.executable).with_name("ray"))
         cmd = [
             ray_bin, "start", "--head", "--block",
@@ -99,7 +100,12 @@ class LocalCluster:
             f"--ray-client-server-port={free_port()}",
             f"--temp-dir={self.temp_dir}",
             "--disable-usage-stats",
+            *self.extra_args,
         ]  # fmt: skip
+        return cmd
+
+    def start(self) -> LocalCluster:
+        cmd = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(

@@ -1,0 +1,361 @@
+"""`python -m jobs.tune --config FILE`: Ray Tune over XGBoost parameters, then the best one trained
+and registered through `jobs.train` (same gates, same registry path; no copied code).
+
+Each trial boosts in its own Tune actor with `tune.cpus_per_trial`, reports the validation metric
+every `report_every` rounds and checkpoints every `checkpoint_every`; ASHA stops poor trials at its
+rungs. A trial that loses its node is retried from its last checkpoint (`tune.max_failures`); a
+driver that dies is picked up with `--resume` from the experiment checkpoint. The study is an
+MLflow run; every trial is a child run of it.
+
+Exit codes: 0 done (and, with `tune.train_best`, registered); 3 the best candidate failed its
+gates; 2 invalid config or data; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import xgboost as xgb
+
+from shipyard import dataspec
+from shipyard.config import SearchParam, TuneJobConfig, load_tune_config
+from shipyard.errors import ConfigError, DataValidationError, ShipyardError
+from shipyard.registry import Registry, shipyard_home
+
+logger = logging.getLogger("jobs.tune")
+
+EXIT_GATES, EXIT_INVALID = 3, 2
+# The metric a trial reports and ASHA ranks: what the gates judge, on the validation split.
+TUNE_METRIC = {
+    "binary": ("valid-auc", "max", "auc"),
+    "multiclass": ("valid-mlogloss", "min", "mlogloss"),
+    "regression": ("valid-rmse", "min", "rmse"),
+}
+
+
+def search_space(space: dict[str, SearchParam]) -> dict[str, Any]:
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for name, p in space.items():
+        if p.type == "choice":
+            out[name] = tune.choice(p.values)
+        elif p.type == "int":
+            out[name] = tune.randint(int(p.low), int(p.high) + 1)  # type: ignore[arg-type]
+        elif p.type == "loguniform":
+            out[name] = tune.loguniform(p.low, p.high)
+        else:
+            out[name] = tune.uniform(p.low, p.high)
+    return out
+
+
+def _booster_params(cfg: TuneJobConfig, n_classes: int) -> dict[str, Any]:
+    from jobs.trainer import OBJECTIVES
+
+    objective, _ = OBJECTIVES[cfg.data.task]
+    _, _, metric = TUNE_METRIC[cfg.data.task]
+    params: dict[str, Any] = {
+        "tree_method": "hist",
+        **cfg.train.params,
+        "objective": objective,
+        "eval_metric": metric,
+        "nthread": max(1, int(cfg.tune.cpus_per_trial)),
+        "device": "cuda" if cfg.tune.gpus_per_trial > 0 else "cpu",
+        "seed": cfg.data.seed,
+    }
+    if cfg.data.task == "multiclass":
+        params["num_class"] = n_classes
+    return params
+
+
+def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
+    """One trial: boost from its checkpoint (if retried) to `max_rounds` or until ASHA stops it."""
+    from ray import tune
+
+    base, study = data["params"], data["study"]
+    params = {**base, **config}
+    if "max_depth" in params:
+        params["max_depth"] = int(params["max_depth"])
+    dtrain = xgb.DMatrix(data["x_train"], label=data["y_train"], feature_names=data["names"])
+    dvalid = xgb.DMatrix(data["x_valid"], label=data["y_valid"], feature_names=data["names"])
+    start: xgb.Booster | None = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a retry after a lost node: continue, do not start over
+        with checkpoint.as_directory() as d:
+            start = xgb.Booster(model_file=str(Path(d) / "model.ubj"))
+    done = start.num_boosted_rounds() if start is not None else 0
+    resumed_from = done
+
+    class Report(xgb.callback.TrainingCallback):
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            rounds = model.num_boosted_rounds()
+            if rounds % study["report_every"] and rounds < study["max_rounds"]:
+                return False
+            value = float(evals_log["valid"][study["metric_name"]][-1])
+            metrics = {study["metric"]: value, "rounds": rounds, "resumed_from": resumed_from}
+            if rounds % study["checkpoint_every"] == 0 or rounds >= study["max_rounds"]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    model.save_model(str(Path(tmp) / "model.ubj"))
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            else:
+                tune.report(metrics)
+            return False
+
+    xgb.train(
+        params,
+        dtrain,
+        num_boost_round=max(0, study["max_rounds"] - done),
+        evals=[(dvalid, "valid")],
+        xgb_model=start,
+        verbose_eval=False,
+        callbacks=[Report()],
+    )
+
+
+def load_arrays(cfg: TuneJobConfig) -> tuple[dict[str, Any], Any]:
+    """Prepare the data once (the same path as jobs.train) and hold the arrays for every trial."""
+    from jobs import data as data_mod
+
+    prep = data_mod.prepare(cfg.data)
+    names = prep.schema.names
+    out: dict[str, Any] = {"names": names}
+    for split, ds in (("train", prep.train), ("valid", prep.valid)):
+        df = ds.to_pandas()
+        out[f"x_{split}"] = df[names].to_numpy(np.float32)
+        out[f"y_{split}"] = df[dataspec.LABEL_COLUMN].to_numpy()
+    return out, prep
+
+
+def study_dir(cfg: TuneJobConfig) -> tuple[str, str]:
+    storage = cfg.tune.storage_path or str(shipyard_home() / "tune")
+    return storage, cfg.tune.name or f"{cfg.model.name}-tune"
+
+
+def run_study(
+    cfg: TuneJobConfig, arrays: dict[str, Any], n_classes: int = 0, resume: bool = False
+) -> Any:
+    """Run (or resume) the Tune study; returns Tune's ResultGrid."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    t = cfg.tune
+    metric, mode, metric_name = TUNE_METRIC[cfg.data.task]
+    data = {
+        **arrays,
+        "params": _booster_params(cfg, n_classes),
+        "study": {
+            "metric": metric,
+            "metric_name": metric_name,
+            "max_rounds": t.max_rounds,
+            "report_every": t.report_every,
+            "checkpoint_every": t.checkpoint_every,
+        },
+    }
+    resources = {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(trial, data=data), resources)
+    storage, name = study_dir(cfg)
+    path = os.path.join(storage, name)
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise ConfigError(f"--resume: no Tune experiment to resume at {path!r}")
+        logger.info("resuming study %s", path)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        return tuner.fit()
+
+    if t.scheduler == "asha":
+        scheduler: Any = ASHAScheduler(
+            time_attr="rounds",
+            max_t=t.max_rounds,
+            grace_period=t.grace_period,
+            reduction_factor=t.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    if t.searcher == "optuna":
+        searcher: Any = OptunaSearch(seed=t.seed)
+        if t.max_concurrent_trials:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent_trials)
+    else:
+        searcher = BasicVariantGenerator(random_state=t.seed)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(t.space),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            num_samples=t.num_samples,
+            scheduler=scheduler,
+            search_alg=searcher,
+            max_concurrent_trials=t.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+    return tuner.fit()
+
+
+def summarize(grid: Any, metric: str, mode: str) -> dict[str, Any]:
+    """Per trial: its best reported metric (and at how many rounds), rounds run, errors."""
+    trials = []
+    for r in grid:
+        m = r.metrics or {}
+        best, best_rounds = m.get(metric), m.get("rounds")
+        df = r.metrics_dataframe
+        if df is not None and metric in df and len(df):
+            i = df[metric].idxmax() if mode == "max" else df[metric].idxmin()
+            best, best_rounds = float(df[metric][i]), int(df["rounds"][i])
+        trials.append(
+            {
+                "trial_id": m.get("trial_id"),
+                "config": r.config,
+                "metric": best,
+                "best_rounds": best_rounds,
+                "rounds": m.get("rounds"),
+                "resumed_from": m.get("resumed_from"),
+                "error": str(r.error)[:500] if r.error else None,
+            }
+        )
+    scored = [x for x in trials if x["metric"] is not None and x["error"] is None]
+    pick = max if mode == "max" else min
+    best_trial = pick(scored, key=lambda x: x["metric"]) if scored else None
+    return {
+        "trials": trials,
+        "best": best_trial,
+        "errors": sum(1 for x in trials if x["error"]),
+        "rounds_total": sum(int(x["rounds"] or 0) for x in trials),
+    }
+
+
+def log_trials(
+    registry: Registry, experiment_id: str, study_run: str, summary: dict[str, Any], metric: str
+) -> None:
+    """Every trial as a child run of the study, once (a resumed study does not log twice)."""
+    logged = {
+        r.data.tags.get("shipyard.trial_id")
+        for r in registry.client.search_runs(
+            [experiment_id], f"tags.mlflow.parentRunId = '{study_run}'", max_results=10000
+        )
+    }
+    for x in summary["trials"]:
+        if x["trial_id"] in logged:
+            continue
+        run = registry.start_run(
+            experiment_id,
+            f"trial-{x['trial_id']}",
+            tags={
+                "mlflow.parentRunId": study_run,
+                "shipyard.trial_id": str(x["trial_id"]),
+                "shipyard.kind": "trial",
+            },
+        )
+        registry.log(
+            run,
+            params=x["config"],
+            metrics={metric.replace("-", "_"): x["metric"], "rounds": x["rounds"]},
+            tags={"shipyard.error": x["error"]} if x["error"] else None,
+        )
+        registry.end_run(run, "FAILED" if x["error"] else "FINISHED")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    ap = argparse.ArgumentParser(prog="python -m jobs.tune", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="training config plus a `tune` section")
+    ap.add_argument("--resume", action="store_true", help="resume the study after a driver loss")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "local")
+    args = ap.parse_args(argv)
+    from jobs.train import _parse_set, run_training
+
+    try:
+        cfg = load_tune_config(args.config, _parse_set(args.set))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    ray.init(address=args.address, log_to_driver=True)
+    metric, mode, _ = TUNE_METRIC[cfg.data.task]
+    registry = Registry(cfg.tracking.tracking_uri)
+    experiment_id = registry.ensure_experiment(cfg.tracking.experiment or f"shipyard/{cfg.model.name}")
+    storage, name = study_dir(cfg)
+    marker = Path(storage) / name / "shipyard_study.json" if "://" not in storage else None
+    try:
+        arrays, prep = load_arrays(cfg)
+        study_run = None
+        if args.resume and marker and marker.exists():
+            study_run = json.loads(marker.read_text())["run_id"]
+        if study_run is None:
+            study_run = registry.start_run(
+                experiment_id,
+                f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                tags={"shipyard.kind": "study", "shipyard.model": cfg.model.name},
+            )
+            registry.log(study_run, params={f"tune.{k}": v for k, v in cfg.tune.model_dump(mode="json").items()})
+        if marker:  # so that `--resume` after a driver loss continues the same MLflow study
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"run_id": study_run}))
+        t0 = time.perf_counter()
+        grid = run_study(cfg, arrays, len(prep.schema.classes), resume=args.resume)
+        summary = summarize(grid, metric, mode)
+        log_trials(registry, experiment_id, study_run, summary, metric)
+        best = summary["best"]
+        if best is None:
+            registry.end_run(study_run, "FAILED")
+            print("error: no trial finished; see the Tune log above", file=sys.stderr)
+            return 1
+        registry.log(
+            study_run,
+            params={f"best.{k}": v for k, v in best["config"].items()},
+            metrics={f"best_{metric.replace('-', '_')}": best["metric"], "trials": len(summary["trials"]),
+                     "trial_errors": summary["errors"], "rounds_total": summary["rounds_total"],
+                     "seconds": time.perf_counter() - t0},
+        )
+        result: dict[str, Any] = {
+            "study_run_id": study_run, "trials": len(summary["trials"]), "errors": summary["errors"],
+            "best": best, "rounds_total": summary["rounds_total"], "registered_version": None,
+            "trial_summaries": [
+                {k: x[k] for k in ("trial_id", "rounds", "resumed_from", "metric", "error")}
+                for x in summary["trials"]
+            ],
+        }  # fmt: skip
+        code = 0
+        if cfg.tune.train_best:
+            params = dict(best["config"])
+            if "max_depth" in params:
+                params["max_depth"] = int(params["max_depth"])
+            report = run_training(cfg.train_config(params), run_name=f"{name}-best")
+            registry.log(study_run, tags={"shipyard.best_run_id": report.run_id})
+            result["registered_version"] = report.registered_version
+            result["gate_failures"] = report.gate_failures
+            code = EXIT_GATES if report.gate_failures else 0
+        registry.end_run(study_run, "FINISHED")
+    except (ConfigError, DataValidationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    except ShipyardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print("SHIPYARD_TUNE_RESULT " + json.dumps(result, default=str))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

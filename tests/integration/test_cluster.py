@@ -1,0 +1,190 @@
+"""The local autoscaling cluster (`make cluster-up`): scale from zero, spot fallback, preemption.
+
+One cluster for the module: a head with no CPUs, fake spot and on-demand worker types (1 CPU
+each), autoscaler v2 and Shipyard's spot fallback controller. The tests run in order: a training
+job that loses a spot node mid-run, a tuning study that loses a node and then its driver, a spot
+outage, and the idle scale-down to zero.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shipyard.localcluster import AutoscalingLocalCluster, preempt, worker_nodes
+from shipyard.localray import ray_env
+from shipyard.submit import submit_command
+from tests.conftest import REPO, write_config
+
+IDLE_S = 20
+
+
+@pytest.fixture(scope="module")
+def acluster(home: Path, job_env: dict[str, str]) -> Iterator[AutoscalingLocalCluster]:
+    c = AutoscalingLocalCluster(
+        home / "autoscaling", max_workers_per_type=2, idle_timeout_s=IDLE_S, env=job_env
+    )
+    with c:
+        yield c
+
+
+def wait_for(what: str, fn: Any, timeout_s: float, every_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def latest_checkpoint_rounds(root: Path) -> int:
+    from ray.train import Checkpoint
+    from ray.train.xgboost import RayTrainReportCallback
+
+    best = 0
+    for d in root.glob("**/checkpoint_*"):
+        try:
+            booster = RayTrainReportCallback.get_model(Checkpoint(str(d)))
+        except Exception:  # being written right now
+            continue
+        best = max(best, booster.num_boosted_rounds())
+    return best
+
+
+def test_training_scales_from_zero_and_survives_losing_a_spot_node(
+    acluster: AutoscalingLocalCluster, job_env: dict[str, str], dataset: Path, home: Path
+) -> None:
+    assert worker_nodes(acluster.gcs_address) == []  # nothing runs until there is work
+    ckpt = home / "cluster-checkpoints"
+    cfg = write_config(
+        home / "cluster-train.yaml",
+        str(dataset / "*.parquet"),
+        model={"name": "churn-cluster"},
+        train={
+            "num_workers": 2, "num_boost_round": 100, "early_stopping_rounds": 100,
+            "checkpoint_every": 10, "storage_path": str(ckpt), "max_failures": 0,
+        },
+    )  # fmt: skip
+    cmd = submit_command(
+        acluster.address, ["python", "-m", "jobs.train", "--config", str(cfg)], env_vars=job_env
+    )
+    job = subprocess.Popen(
+        cmd, cwd=REPO, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for("a first checkpoint", lambda: latest_checkpoint_rounds(ckpt) > 0, 240)
+        nodes = worker_nodes(acluster.gcs_address)
+        assert nodes and {n["node_type"] for n in nodes} == {"cpu-spot"}, nodes
+        before = latest_checkpoint_rounds(ckpt)
+        preempt(acluster.gcs_address, acluster.proc.pid, nodes[0]["node_id"], notice_s=1)  # type: ignore[union-attr]
+        out, _ = job.communicate(timeout=400)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    (home / "cluster-train.log").write_text(out)
+    assert job.returncode == 0, out[-6000:]
+    line = next((x for x in out.splitlines() if "SHIPYARD_RESULT {" in x), None)
+    assert line, out[-6000:]
+    result = json.loads(line.split("SHIPYARD_RESULT ", 1)[1])
+    training = result["training"]
+    # Resumed from a checkpoint at least as recent as the last one seen before the node went,
+    # so at most one checkpoint interval (10 rounds) was lost; max_failures=0 shows the drained
+    # node counted as a preemption, not a failure.
+    assert training["resumed_from_round"] >= before > 0, (training, before)
+    assert training["rounds"] > training["resumed_from_round"]
+    assert result["registered_version"] >= 1
+
+
+def finished_trials(study: Path, rounds: int) -> int:
+    done = 0
+    for p in study.glob("*/result.json"):
+        lines = p.read_text().splitlines()
+        done += bool(lines) and json.loads(lines[-1]).get("rounds") == rounds
+    return done
+
+
+def test_tuning_survives_a_lost_node_and_a_killed_driver(
+    acluster: AutoscalingLocalCluster, job_env: dict[str, str], dataset: Path, home: Path
+) -> None:
+    storage = home / "cluster-tune"
+    cfg = write_config(
+        home / "cluster-tune.yaml",
+        str(dataset / "*.parquet"),
+        model={"name": "churn-cluster-tune"},
+        tune={
+            "num_samples": 4, "scheduler": "fifo", "max_rounds": 150, "report_every": 10,
+            "checkpoint_every": 10, "max_concurrent_trials": 2, "train_best": False,
+            "storage_path": str(storage), "name": "study", "max_failures": 3,
+        },
+    )  # fmt: skip
+    env = {**os.environ, **job_env}
+    driver = [sys.executable, "-m", "jobs.tune", "--config", str(cfg)]
+    driver += ["--address", acluster.gcs_address]
+    first = subprocess.Popen(
+        driver, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for("a trial checkpoint", lambda: list(storage.glob("study/*/checkpoint_*")), 240)
+        node = worker_nodes(acluster.gcs_address)[0]
+        preempt(acluster.gcs_address, acluster.proc.pid, node["node_id"], notice_s=1)  # type: ignore[union-attr]
+        # The study goes on past the lost node; once a trial has finished, kill the driver.
+        wait_for("a finished trial", lambda: finished_trials(storage / "study", 150), 300)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        finished_before = finished_trials(storage / "study", 150)
+        assert finished_before < 4, "the study ended before the driver could be killed"
+    finally:
+        if first.poll() is None:
+            first.kill()
+    resumed = subprocess.run(
+        [*driver, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-6000:]
+    line = next(x for x in out.splitlines() if x.startswith("SHIPYARD_TUNE_RESULT "))
+    result = json.loads(line.removeprefix("SHIPYARD_TUNE_RESULT "))
+    trials = result["trial_summaries"]
+    assert len(trials) == 4 and result["errors"] == 0, result
+    assert all(t["rounds"] == 150 for t in trials), trials  # every trial ran to the end
+    # Unfinished trials continued from their checkpoints instead of starting over.
+    assert any(t["resumed_from"] and t["resumed_from"] > 0 for t in trials), trials
+
+
+def test_spot_outage_falls_back_to_on_demand_within_a_minute(
+    acluster: AutoscalingLocalCluster,
+) -> None:
+    import ray
+
+    wait_for("idle nodes to go", lambda: worker_nodes(acluster.gcs_address) == [], IDLE_S + 90, 1)
+    acluster.outage(True)
+    try:
+        ray.init(address=acluster.gcs_address, log_to_driver=False)
+
+        @ray.remote(num_cpus=1)
+        def where() -> str:
+            return str(ray.get_runtime_context().get_node_id())
+
+        t0 = time.monotonic()
+        node_id = ray.get(where.remote(), timeout=120)
+        took = time.monotonic() - t0
+        types = {n["node_id"]: n["node_type"] for n in worker_nodes(acluster.gcs_address)}
+        assert types[node_id] == "cpu-ondemand"
+        assert took < 60, f"fallback took {took:.0f}s"
+        events = [json.loads(x) for x in acluster.events_path.read_text().splitlines()]
+        assert any(e["kind"] == "spot_fallback" and "cpu-spot" in e["message"] for e in events)
+    finally:
+        ray.shutdown()
+        acluster.outage(False)
+
+
+def test_idle_workers_scale_back_to_zero(acluster: AutoscalingLocalCluster) -> None:
+    assert worker_nodes(acluster.gcs_address)  # the on-demand node from the outage test
+    wait_for("scale-down to zero", lambda: worker_nodes(acluster.gcs_address) == [], IDLE_S + 90, 1)
