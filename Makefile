@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export SHIPYARD_HOME ?= $(abspath $(STATE))
 
-.PHONY: install lock demo test lint unit bench docs clean help mlflow-ui
+.PHONY: install lock demo test lint unit bench docs clean help mlflow-ui cluster-up cluster-down cluster-status tune learning-curve
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -50,6 +50,21 @@ bench: install  ## benchmarks side by side with their baselines; ROWS=1000000, R
 
 clean:
 	rm -rf $(STATE) .pytest_cache .mypy_cache .ruff_cache
+
+cluster-up: install  ## a local autoscaling cluster: 0-CPU head, fake spot + on-demand workers (IDLE=60 s)
+	$(PY) -m shipyard.localcluster up --idle-timeout $${IDLE:-60}
+
+cluster-down: install  ## stop the cluster started by cluster-up (its own processes only)
+	$(PY) -m shipyard.localcluster down
+
+cluster-status: install  ## worker nodes of the local cluster by type
+	$(PY) -m shipyard.localcluster status
+
+tune: install  ## tune the demo model (ASHA), train and register the best trial; RESUME=1 to resume
+	$(PY) -m jobs.tune --config jobs/configs/tune.yaml $${RESUME:+--resume}
+
+learning-curve: install  ## how much more data would buy: the demo model on growing fractions
+	$(PY) -m jobs.learning_curve --config jobs/configs/demo.yaml
 
 mlflow-ui: install  ## MLflow UI over the local tracking store, http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(SHIPYARD_HOME)/mlflow.db --host 127.0.0.1 --port 5000

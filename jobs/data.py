@@ -262,3 +262,15 @@ def prepare(cfg: DataSection) -> Prepared:
     for n in notes:
         logger.warning(n)
     return Prepared(schema, plan, train, valid, holdout, sample, profile, rows, fp, notes)
+
+
+def to_arrays(prep: Prepared) -> dict[str, Any]:
+    """The encoded train and valid splits as float32 features + labels, for in-process boosting
+    (tuning trials, learning-curve fits): the same encoding jobs.train's workers see."""
+    names = prep.schema.names
+    out: dict[str, Any] = {"names": names}
+    for split, ds in (("train", prep.train), ("valid", prep.valid)):
+        df = ds.to_pandas()
+        out[f"x_{split}"] = df[names].to_numpy(np.float32)
+        out[f"y_{split}"] = df[dataspec.LABEL_COLUMN].to_numpy()
+    return out

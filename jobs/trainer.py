@@ -54,7 +54,9 @@ def _report_callback(metrics: dict[str, str], frequency: int, resumed_from: int)
         def _save_and_report_checkpoint(self, report_dict: dict[str, Any], model: Any) -> None:
             # Also the end-of-training report, which has no metrics when a run resumed from
             # a checkpoint taken at its last round.
-            super()._save_and_report_checkpoint({**report_dict, "resumed_from": resumed_from}, model)
+            super()._save_and_report_checkpoint(
+                {**report_dict, "resumed_from": resumed_from}, model
+            )
 
         def _report_metrics(self, report_dict: dict[str, Any]) -> None:
             return None

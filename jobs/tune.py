@@ -23,11 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import xgboost as xgb
 
-from shipyard import dataspec
 from shipyard.config import SearchParam, TuneJobConfig, load_tune_config
 from shipyard.errors import ConfigError, DataValidationError, ShipyardError
 from shipyard.registry import Registry, shipyard_home
@@ -49,13 +47,15 @@ def search_space(space: dict[str, SearchParam]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, p in space.items():
         if p.type == "choice":
-            out[name] = tune.choice(p.values)
-        elif p.type == "int":
-            out[name] = tune.randint(int(p.low), int(p.high) + 1)  # type: ignore[arg-type]
+            out[name] = tune.choice(list(p.values or []))
+            continue
+        low, high = float(p.low or 0), float(p.high or 0)  # validated: both set, low < high
+        if p.type == "int":
+            out[name] = tune.randint(int(low), int(high) + 1)  # upper bound exclusive
         elif p.type == "loguniform":
-            out[name] = tune.loguniform(p.low, p.high)
+            out[name] = tune.loguniform(low, high)
         else:
-            out[name] = tune.uniform(p.low, p.high)
+            out[name] = tune.uniform(low, high)
     return out
 
 
@@ -127,13 +127,7 @@ def load_arrays(cfg: TuneJobConfig) -> tuple[dict[str, Any], Any]:
     from jobs import data as data_mod
 
     prep = data_mod.prepare(cfg.data)
-    names = prep.schema.names
-    out: dict[str, Any] = {"names": names}
-    for split, ds in (("train", prep.train), ("valid", prep.valid)):
-        df = ds.to_pandas()
-        out[f"x_{split}"] = df[names].to_numpy(np.float32)
-        out[f"y_{split}"] = df[dataspec.LABEL_COLUMN].to_numpy()
-    return out, prep
+    return data_mod.to_arrays(prep), prep
 
 
 def study_dir(cfg: TuneJobConfig) -> tuple[str, str]:
@@ -294,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=args.address, log_to_driver=True)
     metric, mode, _ = TUNE_METRIC[cfg.data.task]
     registry = Registry(cfg.tracking.tracking_uri)
-    experiment_id = registry.ensure_experiment(cfg.tracking.experiment or f"shipyard/{cfg.model.name}")
+    experiment_id = registry.ensure_experiment(
+        cfg.tracking.experiment or f"shipyard/{cfg.model.name}"
+    )
     storage, name = study_dir(cfg)
     marker = Path(storage) / name / "shipyard_study.json" if "://" not in storage else None
     try:
@@ -308,7 +304,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 tags={"shipyard.kind": "study", "shipyard.model": cfg.model.name},
             )
-            registry.log(study_run, params={f"tune.{k}": v for k, v in cfg.tune.model_dump(mode="json").items()})
+            registry.log(
+                study_run,
+                params={f"tune.{k}": v for k, v in cfg.tune.model_dump(mode="json").items()},
+            )
         if marker:  # so that `--resume` after a driver loss continues the same MLflow study
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"run_id": study_run}))
@@ -324,9 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         registry.log(
             study_run,
             params={f"best.{k}": v for k, v in best["config"].items()},
-            metrics={f"best_{metric.replace('-', '_')}": best["metric"], "trials": len(summary["trials"]),
-                     "trial_errors": summary["errors"], "rounds_total": summary["rounds_total"],
-                     "seconds": time.perf_counter() - t0},
+            metrics={
+                f"best_{metric.replace('-', '_')}": best["metric"],
+                "trials": len(summary["trials"]),
+                "trial_errors": summary["errors"],
+                "rounds_total": summary["rounds_total"],
+                "seconds": time.perf_counter() - t0,
+            },
         )
         result: dict[str, Any] = {
             "study_run_id": study_run, "trials": len(summary["trials"]), "errors": summary["errors"],

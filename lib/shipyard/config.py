@@ -187,7 +187,9 @@ class SearchParam(_Strict):
                 raise ValueError("a choice needs a non-empty `values` list")
             return self
         if self.low is None or self.high is None or not self.low < self.high:
-            raise ValueError(f"a {self.type} parameter needs low < high (got {self.low}, {self.high})")
+            raise ValueError(
+                f"a {self.type} parameter needs low < high (got {self.low}, {self.high})"
+            )
         if self.type == "loguniform" and self.low <= 0:
             raise ValueError(f"a loguniform parameter needs low > 0 (got {self.low})")
         return self
@@ -212,7 +214,9 @@ class TuneSection(_Strict):
         None, description="Cap on trials at once; default what the resources allow."
     )
     max_failures: int = Field(
-        3, ge=-1, description="Retries of a trial after a worker or node loss (from its checkpoint)."
+        3,
+        ge=-1,
+        description="Retries of a trial after a worker or node loss (from its checkpoint).",
     )
     seed: int = Field(0, description="Seed of the searcher.")
     storage_path: str | None = Field(

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from shipyard.localray import LocalCluster, _group_alive, free_port, ray_env
+from shipyard.localray import LocalCluster, _group_alive, ray_env
 from shipyard.spot import CAPACITY_LABEL
 
 try:  # the provider class is imported by the autoscaler, inside the cluster
@@ -55,7 +55,12 @@ class LocalSpotProvider(FakeMultiNodeProvider):
     """
 
     def create_node_with_resources_and_labels(
-        self, node_config: dict[str, Any], tags: dict[str, str], count: int, resources: Any, labels: Any
+        self,
+        node_config: dict[str, Any],
+        tags: dict[str, str],
+        count: int,
+        resources: Any,
+        labels: Any,
     ) -> Any:
         outage = self.provider_config.get("outage_file")
         if (labels or {}).get(CAPACITY_LABEL) == "spot" and outage and Path(outage).exists():
@@ -69,7 +74,9 @@ class LocalSpotProvider(FakeMultiNodeProvider):
         )
 
 
-def worker_type(priority: int, capacity: str, cpus: int, max_workers: int, idle_s: float) -> dict[str, Any]:
+def worker_type(
+    priority: int, capacity: str, cpus: int, max_workers: int, idle_s: float
+) -> dict[str, Any]:
     return {
         "resources": {"CPU": cpus},
         "node_config": {},
@@ -105,7 +112,9 @@ def autoscaling_config(
         "auth": {"ssh_user": os.environ.get("USER", "ray")},
         "available_node_types": {
             HEAD_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            "cpu-spot": worker_type(10, "spot", cpus_per_node, max_workers_per_type, idle_timeout_s),
+            "cpu-spot": worker_type(
+                10, "spot", cpus_per_node, max_workers_per_type, idle_timeout_s
+            ),
             "cpu-ondemand": worker_type(
                 1, "on-demand", cpus_per_node, max_workers_per_type, idle_timeout_s
             ),
@@ -177,7 +186,7 @@ class AutoscalingLocalCluster(LocalCluster):
             "--events", str(self.events_path),
         ]  # fmt: skip
         log = self.state_dir / "spot-fallback.log"
-        script = f"{shlex.join(fallback)} > {shlex.quote(str(log))} 2>&1 &\nexec \"$@\""
+        script = f'{shlex.join(fallback)} > {shlex.quote(str(log))} 2>&1 &\nexec "$@"'
         return ["/bin/sh", "-c", script, "sh", *super().command()]
 
     def outage(self, on: bool) -> None:
@@ -203,12 +212,12 @@ class AutoscalingLocalCluster(LocalCluster):
 
 def worker_nodes(gcs_address: str) -> list[dict[str, Any]]:
     """Alive worker nodes (not the head) with their node type and capacity label."""
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
     from ray.core.generated import gcs_pb2
 
     out = []
     for info in GcsClient(address=gcs_address).get_all_node_info().values():
-        if info.state != gcs_pb2.GcsNodeInfo.ALIVE or info.is_head_node:
+        if info.state != gcs_pb2.GcsNodeInfo.ALIVE or info.is_head_node:  # type: ignore[attr-defined]
             continue
         labels = dict(info.labels)
         out.append(
@@ -262,11 +271,17 @@ def _load(state: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shipyard.localcluster", description=__doc__.splitlines()[0])
-    ap.add_argument("--state", type=Path, default=Path(os.environ.get("SHIPYARD_HOME", "state")) / "cluster")
+    ap = argparse.ArgumentParser(
+        prog="python -m shipyard.localcluster", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument(
+        "--state", type=Path, default=Path(os.environ.get("SHIPYARD_HOME", "state")) / "cluster"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start the cluster in the background")
-    up.add_argument("--idle-timeout", type=float, default=60, help="seconds before an idle node goes")
+    up.add_argument(
+        "--idle-timeout", type=float, default=60, help="seconds before an idle node goes"
+    )
     up.add_argument("--max-workers-per-type", type=int, default=2)
     up.add_argument("--cpus-per-node", type=int, default=1)
     sub.add_parser("down", help="stop the cluster started by `up` (its own process group only)")
@@ -286,13 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         env = {"SHIPYARD_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
         c = AutoscalingLocalCluster(
             state, args.cpus_per_node, args.max_workers_per_type, args.idle_timeout, env=env
-        ).start()
+        )
+        c.start()
         info = c.info()
         (state / "cluster.json").write_text(json.dumps(info, indent=1))
         c.proc = None  # keep it running after this command exits
         print(f"local autoscaling cluster up: {c.address} (head 0 CPU; cpu-spot, cpu-ondemand)")
-        print(f"  ray job submit --address {c.address} --working-dir . -- python -m jobs.train ...")
-        print(f"  python -m shipyard.localcluster status | outage on|off | preempt NODE_ID")
+        print(f"  ray job submit --address {c.address} -- python -m jobs.train --config FILE")
+        print("  python -m shipyard.localcluster status | outage on|off | preempt NODE_ID")
         return 0
     info = _load(state)
     if args.cmd == "down":

@@ -186,7 +186,10 @@ def _local_node_id(gcs_address: str) -> str:
 
 
 def _detect_cloud(metadata_url: str | None) -> Any:
-    candidates = [AwsNotices(metadata_url or AWS_IMDS), GcpNotices(metadata_url or GCE_METADATA)]
+    candidates: list[Any] = [
+        AwsNotices(metadata_url or AWS_IMDS),
+        GcpNotices(metadata_url or GCE_METADATA),
+    ]
     for source in candidates:
         try:
             source.is_spot()
@@ -321,8 +324,12 @@ def run_fallback(
         state = initial_state(config)
         write_atomic(state_path, state.to_json())
     if not state.original_priority:
-        logger.warning("no node type is labelled %s=spot in %s; nothing to do", CAPACITY_LABEL, config_path)
-    logger.info("spot fallback: watching %s (cooldown %ss)", sorted(state.original_priority), cooldown_s)
+        logger.warning(
+            "no node type is labelled %s=spot in %s; nothing to do", CAPACITY_LABEL, config_path
+        )
+    logger.info(
+        "spot fallback: watching %s (cooldown %ss)", sorted(state.original_priority), cooldown_s
+    )
     while not stop():
         try:
             failures = _failed_launches(gcs_address)
@@ -347,8 +354,12 @@ def run_fallback(
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(prog="python -m shipyard.spot", description=__doc__.splitlines()[0])
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    ap = argparse.ArgumentParser(
+        prog="python -m shipyard.spot", description=__doc__.splitlines()[0]
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("watch", help="on a worker: drain this node when a preemption notice comes")
     w.add_argument("--address", default="127.0.0.1:6379", help="GCS address (head:6379)")
@@ -368,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.cmd == "fallback":
-        run_fallback(args.config.expanduser(), args.address, args.cooldown, args.interval, args.events)
+        run_fallback(
+            args.config.expanduser(), args.address, args.cooldown, args.interval, args.events
+        )
         return 0
     if args.cmd == "drain-self":
         notice = Notice("kubernetes", "pod terminating", args.deadline)
@@ -389,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     node_id = args.node_id or _local_node_id(args.address)
 
     def drain(notice: Notice) -> None:
-        proc = subprocess.run(drain_command(node_id, args.address, notice), capture_output=True, text=True)
+        proc = subprocess.run(
+            drain_command(node_id, args.address, notice), capture_output=True, text=True
+        )
         if proc.returncode != 0:
             logger.error("drain failed: %s", (proc.stderr or proc.stdout)[-2000:])
 

@@ -119,9 +119,10 @@ def test_tuning_survives_a_lost_node_and_a_killed_driver(
         home / "cluster-tune.yaml",
         str(dataset / "*.parquet"),
         model={"name": "churn-cluster-tune"},
+        train={"num_workers": 1},
         tune={
             "num_samples": 4, "scheduler": "fifo", "max_rounds": 150, "report_every": 10,
-            "checkpoint_every": 10, "max_concurrent_trials": 2, "train_best": False,
+            "checkpoint_every": 10, "max_concurrent_trials": 2, "train_best": True,
             "storage_path": str(storage), "name": "study", "max_failures": 3,
         },
     )  # fmt: skip
@@ -156,6 +157,20 @@ def test_tuning_survives_a_lost_node_and_a_killed_driver(
     assert all(t["rounds"] == 150 for t in trials), trials  # every trial ran to the end
     # Unfinished trials continued from their checkpoints instead of starting over.
     assert any(t["resumed_from"] and t["resumed_from"] > 0 for t in trials), trials
+    # The best trial's parameters went through jobs.train's path and were registered, and the
+    # study is one MLflow run with every trial as a child run.
+    assert result["registered_version"] == 1 and result["gate_failures"] == []
+    from shipyard.registry import Registry
+
+    reg = Registry(job_env["MLFLOW_TRACKING_URI"])
+    exp = reg.client.get_experiment_by_name("shipyard/churn-cluster-tune").experiment_id
+    children = reg.client.search_runs(
+        [exp], f"tags.mlflow.parentRunId = '{result['study_run_id']}'"
+    )
+    assert len(children) == 4
+    best_run = reg.client.get_run(reg.get_version("churn-cluster-tune", 1).run_id)
+    for k, v in result["best"]["config"].items():
+        assert float(best_run.data.params[f"train.params.{k}"]) == pytest.approx(float(v))
 
 
 def test_spot_outage_falls_back_to_on_demand_within_a_minute(

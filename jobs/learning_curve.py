@@ -1,0 +1,249 @@
+"""`python -m jobs.learning_curve --config FILE`: how much does more data buy?
+
+Trains the config's model on growing, nested fractions of the training split in parallel (one Ray
+task per fraction and repeat), scores each on the same holdout, fits an inverse power law
+metric(n) = a - b·n^(-c) to the points, and reports where doubling the data is predicted to add
+less than `--min-gain` to the primary metric: past that size, more data stops paying. Writes a
+plot and a JSON report under $SHIPYARD_HOME/learning_curves/ and logs both to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import xgboost as xgb
+
+from shipyard import evaluation as ev
+from shipyard.config import TrainJobConfig, load_tune_config
+from shipyard.errors import ConfigError, DataValidationError
+from shipyard.registry import Registry, shipyard_home
+
+logger = logging.getLogger("jobs.learning_curve")
+EXIT_INVALID = 2
+
+
+def power_law(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a - b * np.power(n, -c)
+
+
+def fit_curve(
+    rows: list[int], scores: list[float], higher_is_better: bool, min_gain: float
+) -> dict[str, Any]:
+    """Fit the curve; say at what size doubling the data adds less than `min_gain`.
+
+    Pure (no Ray): the unit tests check it against curves with a known answer.
+    """
+    from scipy.optimize import curve_fit
+
+    n = np.asarray(rows, dtype=float)
+    y = np.asarray(scores, dtype=float) * (1 if higher_is_better else -1)
+    out: dict[str, Any] = {"fit": None, "saturation_rows": None, "gain_if_doubled": None}
+    try:
+        (a, b, c), _ = curve_fit(
+            power_law, n, y, p0=(y.max(), max(1e-6, y.max() - y.min()) * n.min() ** 0.5, 0.5),
+            bounds=([-np.inf, 0.0, 1e-3], [np.inf, np.inf, 3.0]), maxfev=20000,
+        )  # fmt: skip
+    except (RuntimeError, ValueError) as err:
+        out["fit_error"] = str(err)
+        gains = np.diff(y)
+        out["gain_if_doubled"] = float(gains[-1]) if len(gains) else None
+        return out
+    sign = 1 if higher_is_better else -1
+    out["fit"] = {"a": float(a) * sign, "b": float(b), "c": float(c), "form": "a - b*n^-c"}
+
+    def gain(m: float) -> float:  # predicted improvement from doubling m rows
+        return float(b * (m ** (-c) - (2 * m) ** (-c)))
+
+    out["gain_if_doubled"] = gain(float(n.max()))
+    out["ceiling"] = float(a) * sign
+    # gain(m) = b m^-c (1 - 2^-c) < min_gain  <=>  m > (b (1 - 2^-c) / min_gain)^(1/c)
+    out["saturation_rows"] = int(np.ceil((b * (1 - 2.0**-c) / min_gain) ** (1 / c)))
+    return out
+
+
+@ray.remote
+def _fit_fraction(
+    arrays: dict[str, Any], params: dict[str, Any], n: int, seed: int, rounds: int, patience: int
+) -> tuple[int, int, bytes]:
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(arrays["y_train"]))[:n]  # a nested prefix per seed
+    dtrain = xgb.DMatrix(
+        arrays["x_train"][idx], label=arrays["y_train"][idx], feature_names=arrays["names"]
+    )
+    dvalid = xgb.DMatrix(arrays["x_valid"], label=arrays["y_valid"], feature_names=arrays["names"])
+    booster = xgb.train(
+        params, dtrain, num_boost_round=rounds, evals=[(dvalid, "valid")],
+        early_stopping_rounds=patience, verbose_eval=False,
+    )  # fmt: skip
+    best = int(booster.best_iteration) + 1
+    return n, seed, bytes(booster[:best].save_raw("ubj"))
+
+
+def run_curve(
+    cfg: TrainJobConfig, fractions: list[float], repeats: int, min_gain: float, cpus: float
+) -> dict[str, Any]:
+    from jobs import data as data_mod
+    from jobs.trainer import booster_params
+    from shipyard.onnx_model import native_predict
+
+    prep = data_mod.prepare(cfg.data)
+    arrays = data_mod.to_arrays(prep)
+    schema, task = prep.schema, cfg.data.task
+    params = {**booster_params(cfg.train, schema), "nthread": max(1, int(cpus))}
+    total = len(arrays["y_train"])
+    sizes = sorted({max(50, round(f * total)) for f in fractions})
+    ref = ray.put(arrays)
+    fit = _fit_fraction.options(num_cpus=cpus)
+    pending = [
+        fit.remote(
+            ref,
+            params,
+            n,
+            cfg.data.seed + r,
+            cfg.train.num_boost_round,
+            cfg.train.early_stopping_rounds,
+        )
+        for n in sizes
+        for r in range(repeats)
+    ]
+    y = schema.encode_target(prep.holdout[cfg.data.target])
+    primary, higher = ev.PRIMARY[task]
+    by_size: dict[int, list[float]] = {n: [] for n in sizes}
+    for n, _seed, raw in ray.get(pending):
+        booster = xgb.Booster()
+        booster.load_model(bytearray(raw))
+        by_size[n].append(
+            ev.task_metrics(task, y, native_predict(booster, schema, prep.holdout))[primary]
+        )
+    points = [
+        {"rows": n, primary: float(np.mean(v)), "std": float(np.std(v)), "repeats": len(v)}
+        for n, v in sorted(by_size.items())
+    ]
+    curve = fit_curve(
+        [int(p["rows"]) for p in points], [p[primary] for p in points], higher, min_gain
+    )
+    sat = curve["saturation_rows"]
+    if sat is None:
+        verdict = "no curve could be fitted; see the points"
+    elif sat <= total:
+        verdict = (
+            f"more data stops paying at about {sat:,} training rows (doubling adds < {min_gain} "
+            f"{primary}); this run has {total:,}"
+        )
+    else:
+        verdict = (
+            f"more data still pays: doubling the {total:,} training rows is predicted to add "
+            f"{curve['gain_if_doubled']:.4f} {primary}; it stops paying at about {sat:,} rows"
+        )
+        if sat > 4 * total:
+            verdict += f" (extrapolated {sat / total:.0f}x beyond the data: a rough guide only)"
+    return {
+        "model": cfg.model.name, "metric": primary, "higher_is_better": higher,
+        "train_rows": total, "points": points, "curve": curve, "min_gain": min_gain,
+        "verdict": verdict,
+    }  # fmt: skip
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = report["metric"]
+    xs = np.array([p["rows"] for p in report["points"]], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(xs, [p[metric] for p in report["points"]], yerr=[p["std"] for p in report["points"]],
+                fmt="o", label="holdout")  # fmt: skip
+    fit = report["curve"]["fit"]
+    if fit:
+        grid = np.geomspace(
+            xs.min(), max(xs.max() * 4, report["curve"]["saturation_rows"] or 0), 100
+        )
+        sign = 1 if report["higher_is_better"] else -1
+        ax.plot(
+            grid, sign * power_law(grid, sign * fit["a"], fit["b"], fit["c"]), "--", label="fit"
+        )
+        if report["curve"]["saturation_rows"]:
+            ax.axvline(report["curve"]["saturation_rows"], color="grey", lw=1, label="stops paying")
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{report['model']}: learning curve")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.learning_curve", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument("--config", required=True, help="a training config (jobs.train's)")
+    ap.add_argument("--fractions", default="0.05,0.1,0.2,0.4,0.7,1.0",
+                    help="fractions of the training split, comma-separated")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=2, help="fits per fraction (different samples)")
+    ap.add_argument(
+        "--min-gain", type=float, default=0.002, help="a doubling worth less stops paying"
+    )
+    ap.add_argument("--cpus-per-fit", type=float, default=1.0)
+    ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "local")
+    args = ap.parse_args(argv)
+    try:
+        fractions = [float(x) for x in args.fractions.split(",")]
+        if not fractions or not all(0 < f <= 1 for f in fractions):
+            raise ConfigError(f"--fractions {args.fractions!r}: each must be in (0, 1]")
+        if args.repeats < 1 or args.min_gain <= 0:
+            raise ConfigError("--repeats must be >= 1 and --min-gain > 0")
+        cfg = load_tune_config(args.config).train_config()  # a `tune` section is ignored
+    except ValueError:
+        print(
+            f"error: --fractions {args.fractions!r}: expected numbers like 0.1,0.5,1",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    ray.init(address=args.address, log_to_driver=True)
+    try:
+        report = run_curve(cfg, fractions, args.repeats, args.min_gain, args.cpus_per_fit)
+    except (ConfigError, DataValidationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    out = shipyard_home() / "learning_curves" / cfg.model.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learning_curve.json").write_text(json.dumps(report, indent=1))
+    plot(report, out / "learning_curve.png")
+    registry = Registry(cfg.tracking.tracking_uri)
+    exp = registry.ensure_experiment(cfg.tracking.experiment or f"shipyard/{cfg.model.name}")
+    run = registry.start_run(exp, f"{cfg.model.name}-learning-curve-{time.strftime('%Y%m%d-%H%M%S')}",
+                             tags={"shipyard.kind": "learning_curve"})  # fmt: skip
+    registry.log(run, metrics={"saturation_rows": report["curve"]["saturation_rows"],
+                               "gain_if_doubled": report["curve"]["gain_if_doubled"]},
+                 tags={"shipyard.verdict": report["verdict"]})  # fmt: skip
+    registry.log_artifacts(run, out, "learning_curve")
+    registry.end_run(run)
+    print(report["verdict"])
+    print(
+        "SHIPYARD_LEARNING_CURVE "
+        + json.dumps({**report, "plot": str(out / "learning_curve.png"), "run_id": run})
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The learning-curve fit: recovers a known curve and the size where doubling stops paying."""
+
+import numpy as np
+import pytest
+
+from jobs.learning_curve import fit_curve, power_law
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_recovers_a_known_curve_and_its_saturation_point(higher_is_better: bool) -> None:
+    a, b, c, min_gain = 0.9, 0.8, 0.5, 0.002
+    rows = [500, 1000, 2000, 4000, 8000, 16000]
+    sign = 1 if higher_is_better else -1
+    rng = np.random.default_rng(0)
+    scores = [sign * power_law(np.array(float(n)), a, b, c) + rng.normal(0, 1e-4) for n in rows]
+    out = fit_curve(rows, scores, higher_is_better, min_gain)
+    truth = (b * (1 - 2**-c) / min_gain) ** (1 / c)  # b m^-c (1 - 2^-c) = min_gain
+    assert out["saturation_rows"] == pytest.approx(truth, rel=0.1)
+    assert out["fit"]["c"] == pytest.approx(c, rel=0.1)
+    assert out["ceiling"] == pytest.approx(sign * a, abs=0.01)
+    gain = b * (16000**-c - 32000**-c)
+    assert out["gain_if_doubled"] == pytest.approx(gain, rel=0.1)
+
+
+def test_a_flat_curve_has_already_stopped_paying() -> None:
+    rows = [500, 1000, 2000, 4000]
+    out = fit_curve(rows, [0.8, 0.8001, 0.8, 0.8001], True, 0.002)
+    assert out["saturation_rows"] is None or out["saturation_rows"] <= 4000

@@ -1,0 +1,71 @@
+"""The tuning job's config: the search space in YAML, errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shipyard.config import TuneJobConfig, load_tune_config
+from shipyard.errors import ConfigError
+
+BASE = {
+    "model": {"name": "m"},
+    "data": {"path": "x.parquet", "target": "y", "task": "binary"},
+    "train": {"params": {"max_depth": 4, "eta": 0.1}},
+}
+
+
+def write(tmp_path: Path, tune: dict) -> Path:
+    p = tmp_path / "tune.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "tune": tune}))
+    return p
+
+
+def test_space_becomes_ray_tune_domains(tmp_path: Path) -> None:
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    from jobs.tune import search_space
+
+    cfg = load_tune_config(
+        write(
+            tmp_path,
+            {
+                "space": {
+                    "eta": {"type": "loguniform", "low": 0.01, "high": 0.3},
+                    "max_depth": {"type": "int", "low": 3, "high": 8},
+                    "grow_policy": {"type": "choice", "values": ["depthwise", "lossguide"]},
+                }
+            },
+        )
+    )
+    space = search_space(cfg.tune.space)
+    assert isinstance(space["eta"], Float) and space["eta"].lower == 0.01
+    assert isinstance(space["max_depth"], Integer)
+    assert (space["max_depth"].lower, space["max_depth"].upper) == (3, 9)  # int is inclusive
+    assert isinstance(space["grow_policy"], Categorical)
+
+
+@pytest.mark.parametrize(
+    "tune, message",
+    [
+        ({"space": {"eta": {"type": "loguniform", "low": 0, "high": 1}}}, "tune.space.eta"),
+        ({"space": {"eta": {"type": "uniform", "low": 2, "high": 1}}}, "low < high"),
+        ({"space": {"x": {"type": "choice"}}}, "non-empty `values`"),
+        ({"space": {"objective": {"type": "choice", "values": [1]}}}, "objective"),
+        ({"space": {"eta": {"type": "normal", "low": 0, "high": 1}}}, "tune.space.eta.type"),
+        ({"searcher": "hyperopt"}, "tune.searcher"),
+        ({"reduction_factor": 1}, "tune.reduction_factor"),
+        ({"num_sample": 3}, "tune.num_sample: unknown key"),
+    ],
+)
+def test_bad_tune_sections_name_the_key(tmp_path: Path, tune: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", ".")):
+        load_tune_config(write(tmp_path, tune))
+
+
+def test_best_params_go_through_the_training_config(tmp_path: Path) -> None:
+    cfg = load_tune_config(write(tmp_path, {}))
+    assert isinstance(cfg, TuneJobConfig) and cfg.tune.scheduler == "asha"
+    train = cfg.train_config({"eta": 0.05, "subsample": 0.8})
+    assert train.train.params == {"max_depth": 4, "eta": 0.05, "subsample": 0.8}
+    assert not hasattr(train, "tune")
