@@ -44,9 +44,10 @@ unit: install
 test: install lint  ## the whole suite: lint, unit, integration, model
 	$(PY) -m pytest -q --durations=15 -p no:cacheprovider
 
-bench: install  ## benchmarks side by side with their baselines; ROWS=1000000, REQUESTS=3000 to scale
+bench: install  ## benchmarks side by side with their baselines; ROWS=1000000, REQUESTS=3000, TUNE_ROWS, TRIALS to scale
 	$(PY) -m benchmarks.run --rows $${ROWS:-1000000} --out benchmarks/results
 	$(PY) -m benchmarks.serving --requests $${REQUESTS:-3000} --out benchmarks/results
+	$(PY) -m benchmarks.tuning --rows $${TUNE_ROWS:-100000} --trials $${TRIALS:-24} --out benchmarks/results
 
 clean:
 	rm -rf $(STATE) .pytest_cache .mypy_cache .ruff_cache

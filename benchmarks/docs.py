@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shipyard.config import reference_markdown
+from shipyard.config import SearchParam, TuneSection, reference_markdown
 from shipyard.serving_config import ServingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,9 +20,16 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = replace_block(readme.read_text(), "config-reference", reference_markdown())
     text = replace_block(text, "serving-reference", reference_markdown(ServingConfig))
+    text = replace_block(text, "tune-reference", reference_markdown(TuneSection, "tune."))
+    text = replace_block(
+        text, "search-param-reference", reference_markdown(SearchParam, "tune.space.NAME.")
+    )
     parts = [
         p.read_text()
-        for p in (ROOT / "benchmarks" / "results" / n for n in ("foundation.md", "serving.md"))
+        for p in (
+            ROOT / "benchmarks" / "results" / n
+            for n in ("foundation.md", "serving.md", "tuning.md")
+        )
         if p.exists()
     ]
     if parts:

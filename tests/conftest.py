@@ -91,6 +91,14 @@ def write_config(path: Path, data_path: str, **sections: dict[str, Any]) -> Path
     return path
 
 
+def job_result(out: str, tag: str = "SHIPYARD_RESULT") -> dict[str, Any]:
+    """The JSON a job prints after `tag`. Ray's log streaming can put progress-bar escapes in front
+    of it on the same line, so the tag is searched for, not expected at the line's start."""
+    lines = [x for x in out.splitlines() if f"{tag} {{" in x]
+    assert lines, f"no {tag} line in the job's output:\n{out[-5000:]}"
+    return dict(json.loads(lines[-1].split(f"{tag} ", 1)[1]))
+
+
 def submit(
     cluster: Any, job_env: dict[str, str], args: list[str]
 ) -> subprocess.CompletedProcess[str]:
@@ -120,9 +128,8 @@ def trained(cluster: Any, dataset: Path, job_env: dict[str, str], home: Path) ->
     proc = submit(cluster, job_env, ["--config", str(cfg)])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
-    line = next(x for x in out.splitlines() if x.startswith("SHIPYARD_RESULT "))
     return {
-        "result": json.loads(line.removeprefix("SHIPYARD_RESULT ")),
+        "result": job_result(out),
         "output": out,
         "config": cfg,
     }

@@ -83,6 +83,10 @@ class DataSection(_Strict):
         return self
 
 
+# Booster parameters Shipyard derives from the task and resources; configs may not set them.
+OWNED_PARAMS = frozenset({"objective", "num_class", "device", "nthread", "eval_metric"})
+
+
 class TrainSection(_Strict):
     num_workers: PositiveInt = Field(2, description="Ray Train workers for XGBoost.")
     cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs reserved per training worker.")
@@ -108,7 +112,7 @@ class TrainSection(_Strict):
     @field_validator("params")
     @classmethod
     def _params_are_ours(cls, v: dict[str, Any]) -> dict[str, Any]:
-        owned = {"objective", "num_class", "device", "nthread", "eval_metric"} & set(v)
+        owned = OWNED_PARAMS & set(v)
         if owned:
             raise ValueError(
                 f"train.params may not set {sorted(owned)}: Shipyard derives them from "
@@ -240,7 +244,7 @@ class TuneSection(_Strict):
     @field_validator("space")
     @classmethod
     def _space_params(cls, v: dict[str, SearchParam]) -> dict[str, SearchParam]:
-        owned = {"objective", "num_class", "device", "nthread", "eval_metric"} & set(v)
+        owned = OWNED_PARAMS & set(v)
         if owned:
             raise ValueError(f"tune.space may not search {sorted(owned)}: Shipyard sets them")
         if not v:
@@ -333,7 +337,7 @@ def load_tune_config(
     return parse_config(raw, TuneJobConfig, source=str(path))
 
 
-def reference_markdown(model: type[BaseModel] = TrainJobConfig) -> str:
+def reference_markdown(model: type[BaseModel] = TrainJobConfig, prefix: str = "") -> str:
     """The config reference table in README.md, generated from the models' field descriptions."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
 
@@ -350,14 +354,17 @@ def reference_markdown(model: type[BaseModel] = TrainJobConfig) -> str:
             if field.is_required():
                 default = "required"
             elif field.default_factory is not None:
-                default = f"`{field.default_factory()}`"  # type: ignore[call-arg]
+                value = field.default_factory()  # type: ignore[call-arg]
+                if isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+                    value = {k: v.model_dump(exclude_none=True) for k, v in value.items()}
+                default = f"`{value}`"
             else:
                 default = f"`{field.default}`"
             typ = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
             cells = [f"`{prefix}{name}`", typ, default, field.description or ""]
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
 
-    walk(model, "")
+    walk(model, prefix)
     return "\n".join(rows)
 
 

@@ -1,13 +1,12 @@
 """`jobs.learning_curve` through the real `ray job submit` CLI on the session's cluster."""
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from shipyard.localray import ray_env
 from shipyard.submit import submit_command
-from tests.conftest import REPO, write_config
+from tests.conftest import REPO, job_result, write_config
 
 
 def test_learning_curve_job_reports_points_a_fit_and_a_plot(
@@ -24,8 +23,7 @@ def test_learning_curve_job_reports_points_a_fit_and_a_plot(
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    line = next(x for x in out.splitlines() if "SHIPYARD_LEARNING_CURVE {" in x)
-    report = json.loads(line.split("SHIPYARD_LEARNING_CURVE ", 1)[1])
+    report = job_result(out, "SHIPYARD_LEARNING_CURVE")
     rows = [p["rows"] for p in report["points"]]
     assert len(rows) == 4 and rows == sorted(rows) and rows[-1] == report["train_rows"]
     assert all(0.5 < p["auc"] <= 1 for p in report["points"])

@@ -4,21 +4,26 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.config import TrainJobConfig, reference_markdown
+from shipyard.config import SearchParam, TrainJobConfig, TuneSection, reference_markdown
 from shipyard.serving_config import ServingConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.parametrize(
-    ("block", "model"),
-    [("config-reference", TrainJobConfig), ("serving-reference", ServingConfig)],
+    ("block", "model", "prefix"),
+    [
+        ("config-reference", TrainJobConfig, ""),
+        ("serving-reference", ServingConfig, ""),
+        ("tune-reference", TuneSection, "tune."),
+        ("search-param-reference", SearchParam, "tune.space.NAME."),
+    ],
 )
-def test_config_reference_is_current(block: str, model: type) -> None:
+def test_config_reference_is_current(block: str, model: type, prefix: str) -> None:
     text = README.read_text()
     start = text.index(f"<!-- {block}:start -->") + len(f"<!-- {block}:start -->")
     end = text.index(f"<!-- {block}:end -->")
-    assert text[start:end].strip() == reference_markdown(model).strip(), (
+    assert text[start:end].strip() == reference_markdown(model, prefix).strip(), (
         f"README {block} is stale: run `make docs`"
     )
 
