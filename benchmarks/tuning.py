@@ -142,20 +142,21 @@ def main() -> None:
                 "nthread": 1,
                 "device": "cpu",
                 "seed": 0,
-            },  # fmt: skip
+            },
             "study": {
                 "metric": metric,
                 "metric_name": name,
                 "max_rounds": args.max_rounds,
                 "report_every": 5,
                 "checkpoint_every": 10,
-            },  # fmt: skip
+            },
         }
         k, storage = args.trials, f"{tmp}/tune"
         full = run_tune(data, k, FIFOScheduler(), None, storage)
-        asha = run_tune(
-            data, k, ASHAScheduler(time_attr="rounds", max_t=args.max_rounds, grace_period=10,
-                                   reduction_factor=3), None, storage)  # fmt: skip
+        asha_scheduler = ASHAScheduler(
+            time_attr="rounds", max_t=args.max_rounds, grace_period=10, reduction_factor=3
+        )
+        asha = run_tune(data, k, asha_scheduler, None, storage)
         seq = run_tune(data, k, FIFOScheduler(), 1, storage)
         plain = run_plain(data, k)
     ray.shutdown()

@@ -355,7 +355,9 @@ def reference_markdown(model: type[BaseModel] = TrainJobConfig, prefix: str = ""
                 default = "required"
             elif field.default_factory is not None:
                 value = field.default_factory()  # type: ignore[call-arg]
-                if isinstance(value, dict) and any(isinstance(v, BaseModel) for v in value.values()):
+                if isinstance(value, dict) and any(
+                    isinstance(v, BaseModel) for v in value.values()
+                ):
                     value = {k: v.model_dump(exclude_none=True) for k, v in value.items()}
                 default = f"`{value}`"
             else:
