@@ -90,9 +90,15 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     dvalid = xgb.DMatrix(data["x_valid"], label=data["y_valid"], feature_names=data["names"])
     start: xgb.Booster | None = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:  # a retry after a lost node: continue, do not start over
-        with checkpoint.as_directory() as d:
-            start = xgb.Booster(model_file=str(Path(d) / "model.ubj"))
+    if checkpoint is not None:  # a retry or a resumed study: continue, do not start over
+        try:
+            with checkpoint.as_directory() as d:
+                start = xgb.Booster(model_file=str(Path(d) / "model.ubj"))
+        except (OSError, xgb.core.XGBoostError) as err:
+            # A checkpoint cut short (its writer was killed mid-copy): redo the trial instead
+            # of failing it; the result is the same, only the time is lost.
+            logging.getLogger("jobs.tune").warning("unreadable checkpoint (%s); starting over", err)
+            start = None
     done = start.num_boosted_rounds() if start is not None else 0
     resumed_from = done
 
