@@ -140,3 +140,20 @@ def test_the_local_cluster_config_passes_ray_validation() -> None:
     validate_config(cfg)
     assert spot_types(cfg) == ["cpu-spot"]
     assert cfg["provider"]["module"] == "shipyard.localcluster.LocalSpotProvider"
+
+
+def test_the_iam_policies_the_aws_config_names_exist() -> None:
+    import json
+
+    policies = json.loads((CLUSTER / "aws-iam.json").read_text())
+    head_actions = set()
+    for statement in policies["head"]["Statement"]:
+        actions = statement["Action"]
+        head_actions |= set(actions if isinstance(actions, list) else [actions])
+    assert {"ec2:RunInstances", "ec2:TerminateInstances", "iam:PassRole"} <= head_actions
+    assert any("s3:GetObject" in st["Action"] for st in policies["worker"]["Statement"])
+    profiles = {
+        t["node_config"]["IamInstanceProfile"]["Name"]
+        for t in load("aws.yaml")["available_node_types"].values()
+    }
+    assert profiles == {"shipyard-ray-head", "shipyard-ray-worker"}
