@@ -4,7 +4,7 @@ The same K configurations (sampled once from jobs.tune's default space with a fi
 same prepared data, each run by `jobs.tune.trial` — the code the tuning job runs:
 
   (a) full random search: FIFO, every trial to `max_rounds`         (the baseline)
-  (b) ASHA (grace 10, reduction 3) over the same trials
+  (b) ASHA (grace `--grace-period`, default 30 like jobs.tune; reduction 3) over the same trials
   (c) Tune FIFO with one trial at a time  vs  the same trials back to back in one process
       (plain xgb.train with the same reporting cadence): Tune's scheduling overhead per trial
 
@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--max-rounds", type=int, default=200)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--name", default="tuning")
+    ap.add_argument("--grace-period", type=int, default=30, help="ASHA grace period (rounds)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -154,7 +155,10 @@ def main() -> None:
         k, storage = args.trials, f"{tmp}/tune"
         full = run_tune(data, k, FIFOScheduler(), None, storage)
         asha_scheduler = ASHAScheduler(
-            time_attr="rounds", max_t=args.max_rounds, grace_period=10, reduction_factor=3
+            time_attr="rounds",
+            max_t=args.max_rounds,
+            grace_period=args.grace_period,
+            reduction_factor=3,
         )
         asha = run_tune(data, k, asha_scheduler, None, storage)
         seq = run_tune(data, k, FIFOScheduler(), 1, storage)
@@ -162,7 +166,7 @@ def main() -> None:
     ray.shutdown()
     result = {
         "machine": machine(), "cpus": cpus, "rows": args.rows, "trials": k,
-        "max_rounds": args.max_rounds, "full": full, "asha": asha,
+        "max_rounds": args.max_rounds, "grace_period": args.grace_period, "full": full, "asha": asha,
         "tune_sequential": seq, "plain_sequential": plain,
         "asha_auc_gap": full["best_auc"] - asha["best_auc"],
         "asha_rounds_ratio": asha["rounds"] / full["rounds"],
@@ -176,7 +180,7 @@ def main() -> None:
 | | best valid AUC | boosting rounds | wall s | vs baseline |
 |---|---|---|---|---|
 | (a) full random search (FIFO, baseline) | {full["best_auc"]:.4f} | {full["rounds"]:,} | {full["wall_s"]:.1f} | 1.00 |
-| (b) ASHA, same trials | {asha["best_auc"]:.4f} | {asha["rounds"]:,} | {asha["wall_s"]:.1f} | rounds {result["asha_rounds_ratio"]:.2f}, wall {result["asha_wall_ratio"]:.2f}, AUC gap {result["asha_auc_gap"]:+.4f} |
+| (b) ASHA (grace {args.grace_period}, reduction 3), same trials | {asha["best_auc"]:.4f} | {asha["rounds"]:,} | {asha["wall_s"]:.1f} | rounds {result["asha_rounds_ratio"]:.2f}, wall {result["asha_wall_ratio"]:.2f}, AUC gap {result["asha_auc_gap"]:+.4f} |
 | (c) same trials back to back, no Tune (baseline) | {plain["best_auc"]:.4f} | {plain["rounds"]:,} | {plain["wall_s"]:.1f} | 1.00 |
 | (c) Tune, one trial at a time | {seq["best_auc"]:.4f} | {seq["rounds"]:,} | {seq["wall_s"]:.1f} | {result["tune_overhead_ratio"]:.2f} ({result["tune_overhead_per_trial_s"]:.2f} s per trial) |
 

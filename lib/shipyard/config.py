@@ -208,7 +208,11 @@ class TuneSection(_Strict):
         "asha", description="asha stops poor trials early at rungs; fifo runs every trial out."
     )
     max_rounds: PositiveInt = Field(200, description="Boosting rounds of a trial run to the end.")
-    grace_period: PositiveInt = Field(10, description="ASHA: rounds before a trial can be stopped.")
+    grace_period: PositiveInt = Field(
+        30,
+        description="ASHA: rounds before a trial can be stopped (10 stopped slow-learning, "
+        "small-eta configurations too early in the benchmark).",
+    )
     reduction_factor: float = Field(3.0, gt=1, description="ASHA: keep 1/this at every rung.")
     report_every: PositiveInt = Field(5, description="Report the metric every K rounds.")
     checkpoint_every: PositiveInt = Field(10, description="Checkpoint a trial every K rounds.")
