@@ -32,17 +32,15 @@ from typing import Any
 
 import yaml
 
+# The provider class below is imported by the autoscaler, inside the cluster.
+from ray.autoscaler._private.fake_multi_node.node_provider import (
+    FAKE_HEAD_NODE_ID,
+    FakeMultiNodeProvider,
+)
+from ray.autoscaler.node_launch_exception import NodeLaunchException
+
 from shipyard.localray import LocalCluster, _group_alive, ray_env
 from shipyard.spot import CAPACITY_LABEL
-
-try:  # the provider class is imported by the autoscaler, inside the cluster
-    from ray.autoscaler._private.fake_multi_node.node_provider import (
-        FAKE_HEAD_NODE_ID,
-        FakeMultiNodeProvider,
-    )
-    from ray.autoscaler.node_launch_exception import NodeLaunchException
-except ImportError:  # pragma: no cover
-    raise
 
 HEAD_TYPE = "ray.head.default"
 

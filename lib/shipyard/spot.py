@@ -346,7 +346,8 @@ def run_fallback(
             logger.warning(note)
             if events:
                 events.emit("spot_fallback", message=note, priorities=changes)
-        write_atomic(state_path, state.to_json())
+        if changes or notes:  # the state only moves when something happened
+            write_atomic(state_path, state.to_json())
         time.sleep(interval_s)
 
 
