@@ -29,23 +29,13 @@ from benchmarks.run import machine
 
 
 def sample_configs(k: int, seed: int) -> list[dict[str, Any]]:
+    """K configurations from jobs.tune's default space (its own Ray Tune domains), seeded."""
+    from jobs.tune import search_space
     from shipyard.config import TuneSection
 
+    space = search_space(TuneSection().space)
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(k):
-        cfg: dict[str, Any] = {}
-        for name, p in TuneSection().space.items():
-            if p.type == "choice":
-                cfg[name] = p.values[int(rng.integers(len(p.values or [])))]  # type: ignore[index]
-            elif p.type == "int":
-                cfg[name] = int(rng.integers(int(p.low or 0), int(p.high or 0) + 1))
-            elif p.type == "loguniform":
-                cfg[name] = float(np.exp(rng.uniform(np.log(p.low), np.log(p.high))))  # type: ignore[arg-type]
-            else:
-                cfg[name] = float(rng.uniform(p.low, p.high))  # type: ignore[arg-type]
-        out.append(cfg)
-    return out
+    return [{name: d.sample(random_state=rng) for name, d in space.items()} for _ in range(k)]
 
 
 def indexed_trial(config: dict[str, Any], data: dict[str, Any]) -> None:

@@ -22,9 +22,10 @@ import numpy as np
 import ray
 import xgboost as xgb
 
+from jobs.train import exit_on
 from shipyard import evaluation as ev
 from shipyard.config import TrainJobConfig, load_tune_config
-from shipyard.errors import ConfigError, DataValidationError
+from shipyard.errors import ConfigError, ShipyardError
 from shipyard.registry import Registry, shipyard_home
 
 logger = logging.getLogger("jobs.learning_curve")
@@ -221,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=args.address, log_to_driver=True)
     try:
         report = run_curve(cfg, fractions, args.repeats, args.min_gain, args.cpus_per_fit)
-    except (ConfigError, DataValidationError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID
+    except ShipyardError as err:
+        return exit_on(err)
     out = shipyard_home() / "learning_curves" / cfg.model.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning_curve.json").write_text(json.dumps(report, indent=1))

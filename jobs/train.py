@@ -317,6 +317,13 @@ def _train_and_register(
     return TrainReport(run_id, version, aliases, [], evaluation)
 
 
+def exit_on(err: ShipyardError) -> int:
+    """Print a job's error and return its exit code: 2 for invalid config or data, else 1.
+    Shared by every job's CLI (train, tune, learning curve)."""
+    print(f"error: {err}", file=sys.stderr)
+    return EXIT_INVALID if isinstance(err, ConfigError | DataValidationError) else 1
+
+
 def _parse_set(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
@@ -374,12 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=args.address, log_to_driver=True)
     try:
         report = run_training(cfg)
-    except (ConfigError, DataValidationError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID
     except ShipyardError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return exit_on(err)
     summary = {
         "run_id": report.run_id,
         "model": cfg.model.name,

@@ -27,7 +27,7 @@ import ray
 import xgboost as xgb
 
 from shipyard.config import SearchParam, TuneJobConfig, load_tune_config
-from shipyard.errors import ConfigError, DataValidationError, ShipyardError
+from shipyard.errors import ConfigError, ShipyardError
 from shipyard.registry import Registry, shipyard_home
 
 logger = logging.getLogger("jobs.tune")
@@ -59,6 +59,15 @@ def search_space(space: dict[str, SearchParam]) -> dict[str, Any]:
     return out
 
 
+INT_PARAMS = ("max_depth", "max_leaves", "max_bin", "num_parallel_tree")
+
+
+def booster_ready(config: dict[str, Any]) -> dict[str, Any]:
+    """A sampled config as XGBoost takes it: integer parameters as ints (a YAML `choice` or a
+    searcher may hand back 6.0), for the trials and for the best trial's final training alike."""
+    return {k: int(v) if k in INT_PARAMS else v for k, v in config.items()}
+
+
 def _booster_params(cfg: TuneJobConfig, n_classes: int) -> dict[str, Any]:
     from jobs.trainer import OBJECTIVES
 
@@ -83,9 +92,7 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     from ray import tune
 
     base, study = data["params"], data["study"]
-    params = {**base, **config}
-    if "max_depth" in params:
-        params["max_depth"] = int(params["max_depth"])
+    params = {**base, **booster_ready(config)}
     dtrain = xgb.DMatrix(data["x_train"], label=data["y_train"], feature_names=data["names"])
     dvalid = xgb.DMatrix(data["x_valid"], label=data["y_valid"], feature_names=data["names"])
     start: xgb.Booster | None = None
@@ -284,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "local")
     args = ap.parse_args(argv)
-    from jobs.train import _parse_set, run_training
+    from jobs.train import _parse_set, exit_on, run_training
 
     try:
         cfg = load_tune_config(args.config, _parse_set(args.set))
@@ -347,21 +354,15 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         code = 0
         if cfg.tune.train_best:
-            params = dict(best["config"])
-            if "max_depth" in params:
-                params["max_depth"] = int(params["max_depth"])
+            params = booster_ready(best["config"])
             report = run_training(cfg.train_config(params), run_name=f"{name}-best")
             registry.log(study_run, tags={"shipyard.best_run_id": report.run_id})
             result["registered_version"] = report.registered_version
             result["gate_failures"] = report.gate_failures
             code = EXIT_GATES if report.gate_failures else 0
         registry.end_run(study_run, "FINISHED")
-    except (ConfigError, DataValidationError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID
     except ShipyardError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return exit_on(err)
     print("SHIPYARD_TUNE_RESULT " + json.dumps(result, default=str))
     return code
 
