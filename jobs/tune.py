@@ -108,6 +108,7 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
             start = None
     done = start.num_boosted_rounds() if start is not None else 0
     resumed_from = done
+    node_id = ray.get_runtime_context().get_node_id()  # where this attempt runs (spot or not)
 
     class Report(xgb.callback.TrainingCallback):
         def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
@@ -115,7 +116,12 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
             if rounds % study["report_every"] and rounds < study["max_rounds"]:
                 return False
             value = float(evals_log["valid"][study["metric_name"]][-1])
-            metrics = {study["metric"]: value, "rounds": rounds, "resumed_from": resumed_from}
+            metrics = {
+                study["metric"]: value,
+                "rounds": rounds,
+                "resumed_from": resumed_from,
+                "node_id": node_id,
+            }
             if rounds % study["checkpoint_every"] == 0 or rounds >= study["max_rounds"]:
                 with tempfile.TemporaryDirectory() as tmp:
                     model.save_model(str(Path(tmp) / "model.ubj"))
@@ -211,11 +217,36 @@ def run_study(
             name=name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Keep every checkpoint while the study runs: with `num_to_keep`, Tune deletes a
+            # trial's older checkpoint before its next experiment snapshot stops pointing at it,
+            # so a driver killed in between resumes onto a deleted checkpoint (seen in CI).
+            # `prune_checkpoints` keeps only the newest once the study has finished.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=1,
         ),
     )
     return tuner.fit()
+
+
+def prune_checkpoints(grid: Any) -> int:
+    """After a finished study, delete every trial checkpoint but its newest (which the final
+    experiment snapshot points at); returns how many were deleted. Works on any storage."""
+    from pyarrow.fs import FileSelector, FileType
+
+    deleted = 0
+    for r in grid:
+        if r.checkpoint is None:
+            continue
+        fs = r.checkpoint.filesystem
+        for info in fs.get_file_info(FileSelector(r.path)):
+            if (
+                info.type == FileType.Directory
+                and info.base_name.startswith("checkpoint_")
+                and info.path.rstrip("/") != r.checkpoint.path.rstrip("/")
+            ):
+                fs.delete_dir(info.path)
+                deleted += 1
+    return deleted
 
 
 def summarize(grid: Any, metric: str, mode: str) -> dict[str, Any]:
@@ -327,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         grid = run_study(cfg, arrays, len(prep.schema.classes), resume=args.resume)
         summary = summarize(grid, metric, mode)
+        logger.info(
+            "study finished; deleted %d superseded trial checkpoints", prune_checkpoints(grid)
+        )
         log_trials(registry, experiment_id, study_run, summary, metric)
         best = summary["best"]
         if best is None:

@@ -69,3 +69,26 @@ def test_best_params_go_through_the_training_config(tmp_path: Path) -> None:
     train = cfg.train_config({"eta": 0.05, "subsample": 0.8})
     assert train.train.params == {"max_depth": 4, "eta": 0.05, "subsample": 0.8}
     assert not hasattr(train, "tune")
+
+
+def test_finished_study_keeps_only_each_trials_newest_checkpoint(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from ray.tune import Checkpoint
+
+    from jobs.tune import prune_checkpoints
+
+    results = []
+    for trial in ("t1", "t2"):
+        for i in range(3):
+            (tmp_path / trial / f"checkpoint_00000{i}").mkdir(parents=True)
+            (tmp_path / trial / f"checkpoint_00000{i}" / "model.ubj").write_bytes(b"x")
+        (tmp_path / trial / "result.json").write_text("{}")
+        newest = Checkpoint.from_directory(str(tmp_path / trial / "checkpoint_000002"))
+        results.append(SimpleNamespace(checkpoint=newest, path=str(tmp_path / trial)))
+    results.append(SimpleNamespace(checkpoint=None, path=str(tmp_path / "errored")))
+
+    assert prune_checkpoints(results) == 4
+    for trial in ("t1", "t2"):
+        left = sorted(p.name for p in (tmp_path / trial).iterdir())
+        assert left == ["checkpoint_000002", "result.json"]
