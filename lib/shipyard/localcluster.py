@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from ray.autoscaler._private.fake_multi_node.node_provider import (
 )
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 
-from shipyard.localray import LocalCluster, _group_alive, ray_env
+from shipyard.localray import LocalCluster, _group_alive, ray_env, stop_group
 from shipyard.spot import CAPACITY_LABEL
 
 HEAD_TYPE = "ray.head.default"
@@ -170,8 +171,8 @@ class AutoscalingLocalCluster(LocalCluster):
             self.gcs_address, self.outage_file, cpus_per_node, max_workers_per_type, idle_timeout_s
         )
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        for stale in self.state_dir.glob("autoscaling.yaml.spot-fallback.json"):
-            stale.unlink()
+        # A new cluster starts from the configured priorities, not a previous run's fallback.
+        (self.state_dir / "autoscaling.yaml.spot-fallback.json").unlink(missing_ok=True)
         self.extra_args = [f"--autoscaling-config={self.config_path}"]
 
     def command(self) -> list[str]:
@@ -230,18 +231,30 @@ def worker_nodes(gcs_address: str) -> list[dict[str, Any]]:
 
 
 def _pids_of_node(pgid: int, node_id: str) -> list[int]:
-    pids = []
+    """Every process of one fake node: those started for it (the node id is on their command
+    line: raylet, agents) and all their descendants (the raylet's workers, whose command lines
+    are rewritten to `ray::<actor>` and do not show the node id). A real reclaim takes the
+    whole VM; killing only the raylet would leave its workers running on a dead node."""
+    parent: dict[int, int] = {}
+    roots = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(stat[2]) != pgid:
+            parent[int(proc.name)] = int(stat[1])
+            if int(stat[2]) != pgid:  # workers have groups of their own: found as descendants
                 continue
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError, ValueError):
             continue
         if node_id in cmdline:
-            pids.append(int(proc.name))
-    return pids
+            roots.append(int(proc.name))
+    found = set(roots)
+    grew = True
+    while grew:
+        children = {pid for pid, ppid in parent.items() if ppid in found} - found
+        found |= children
+        grew = bool(children)
+    return sorted(found)
 
 
 def preempt(gcs_address: str, pgid: int, node_id: str, notice_s: int = 2) -> list[int]:
@@ -311,20 +324,18 @@ def main(argv: list[str] | None = None) -> int:
     info = _load(state)
     if args.cmd == "down":
         pgid = int(info["pgid"])
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _group_alive(pgid):
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+        stop_group(pgid, grace_s=10)
+        shutil.rmtree(info["temp_dir"], ignore_errors=True)
         (state / "cluster.json").unlink()
         print(f"stopped process group {pgid}")
     elif args.cmd == "status":
         print(json.dumps(worker_nodes(info["gcs_address"]), indent=1))
     elif args.cmd == "outage":
-        f = Path(info["outage_file"])
-        f.touch() if args.state_ == "on" else f.unlink(missing_ok=True)
+        outage_file = Path(info["outage_file"])
+        if args.state_ == "on":
+            outage_file.touch()
+        else:
+            outage_file.unlink(missing_ok=True)
         print(f"spot outage {args.state_}")
     elif args.cmd == "preempt":
         print(f"killed {preempt(info['gcs_address'], int(info['pgid']), args.node_id)}")

@@ -41,6 +41,18 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def stop_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM to one process group (a graceful Ray stop), SIGKILL to whatever is left after
+    `grace_s`. Only that group: never `ray stop`, which stops every Ray on the machine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def ray_env() -> dict[str, str]:
     """Environment for Ray subprocesses: explicit auth mode, no usage stats, no MLflow telemetry."""
     env = dict(os.environ)
@@ -137,18 +149,13 @@ class LocalCluster:
         workers: a graceful stop), then SIGKILL to that group for anything still running."""
         if self.proc is None:
             return
-        pgid = self.proc.pid  # start_new_session=True: the group is ours alone
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + 5  # a throwaway cluster: short grace, then SIGKILL
-        while time.monotonic() < deadline and _group_alive(pgid):
-            time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+        # start_new_session=True: the group is ours alone; a throwaway cluster: short grace
+        stop_group(self.proc.pid, grace_s=5)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
         self.proc = None
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if not os.environ.get("SY_KEEP"):
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
         return self.start()

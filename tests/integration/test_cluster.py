@@ -2,8 +2,8 @@
 
 One cluster for the module: a head with no CPUs, fake spot and on-demand worker types (1 CPU
 each), autoscaler v2 and Shipyard's spot fallback controller. The tests run in order: a training
-job that scales the cluster up from zero and loses its spot node mid-run; a tuning study whose
-driver is killed and resumed; the idle scale-down to zero; a spot outage (on-demand within a
+job that scales the cluster up from zero and loses its spot node mid-run; a tuning study that
+loses a trial's node and then its driver (resumed with `--resume`); the idle scale-down to zero; a spot outage (on-demand within a
 minute).
 """
 
@@ -26,6 +26,7 @@ from shipyard.submit import submit_command
 from tests.conftest import REPO, job_result, write_config
 
 IDLE_S = 20
+ROUNDS, CKPT_EVERY = 3000, 250  # per tuning trial
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +48,22 @@ def wait_for(what: str, fn: Any, timeout_s: float, every_s: float = 0.5) -> Any:
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def node_of(cluster: AutoscalingLocalCluster, class_name: str) -> str:
+def node_of(cluster: AutoscalingLocalCluster, class_name: str, timeout_s: float = 30) -> str:
     """The node a live actor of this class runs on (waits for one)."""
     from ray.util.state import list_actors
 
-    def find() -> str | None:
-        actors = list_actors(
-            address=cluster.address,
-            filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
-        )
-        return str(actors[0].node_id) if actors else None
+    seen: list[tuple[str, str]] = []
 
-    return str(wait_for(f"a live {class_name}", find, 30))
+    def find() -> str | None:
+        actors = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], limit=1000)
+        seen[:] = [(a.class_name, a.node_id) for a in actors]
+        mine = [a for a in actors if a.class_name == class_name]
+        return str(mine[0].node_id) if mine else None
+
+    try:
+        return str(wait_for(f"a live {class_name}", find, timeout_s))
+    except AssertionError as err:
+        raise AssertionError(f"{err}; live actors: {seen}") from None
 
 
 def latest_checkpoint_rounds(root: Path) -> int:
@@ -92,9 +97,11 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
     cmd = submit_command(
         acluster.address, ["python", "-m", "jobs.train", "--config", str(cfg)], env_vars=job_env
     )
-    job = subprocess.Popen(
-        cmd, cwd=REPO, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    log = home / "cluster-train.log"
+    with log.open("w") as log_file:  # a file, not a pipe: nothing blocks the client
+        job = subprocess.Popen(
+            cmd, cwd=REPO, env=ray_env(), stdout=log_file, stderr=subprocess.STDOUT
+        )
     try:
         wait_for("a first checkpoint", lambda: latest_checkpoint_rounds(ckpt) > 0, 240)
         nodes = worker_nodes(acluster.gcs_address)
@@ -102,11 +109,11 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
         before = latest_checkpoint_rounds(ckpt)
         victim = node_of(acluster, "RayTrainWorker")  # the spot node the training runs on
         preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
-        out, _ = job.communicate(timeout=400)
+        job.wait(timeout=400)
     finally:
         if job.poll() is None:
             job.kill()
-    (home / "cluster-train.log").write_text(out)
+    out = log.read_text()
     assert job.returncode == 0, out[-6000:]
     result = job_result(out)
     training = result["training"]
@@ -118,46 +125,75 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
     assert result["registered_version"] >= 1
 
 
+def trial_rows(study: Path) -> list[list[dict[str, Any]]]:
+    """Every trial's reported rows so far (one list per trial directory)."""
+    rows = []
+    for p in sorted(study.glob("*/result.json")):
+        rows.append([json.loads(x) for x in p.read_text().splitlines() if x.strip()])
+    return rows
+
+
 def finished_trials(study: Path, rounds: int) -> int:
-    done = 0
-    for p in study.glob("*/result.json"):
-        lines = p.read_text().splitlines()
-        done += bool(lines) and json.loads(lines[-1]).get("rounds") == rounds
-    return done
+    return sum(bool(r) and r[-1].get("rounds") == rounds for r in trial_rows(study))
 
 
-def test_tuning_driver_killed_mid_study_resumes_every_trial(
-    acluster: AutoscalingLocalCluster, job_env: dict[str, str], dataset: Path, home: Path
+def continued_trials(study: Path) -> int:
+    """Trials that reported again after a restart from their own checkpoint."""
+    return sum(any((x.get("resumed_from") or 0) > 0 for x in r) for r in trial_rows(study))
+
+
+def running_trial_node(study: Path, rounds: int) -> str | None:
+    """The node of a trial that has a checkpoint and has done at most a third of its rounds."""
+    for r in trial_rows(study):
+        if r and CKPT_EVERY <= r[-1]["rounds"] <= rounds // 3:
+            return str(r[-1]["node_id"])
+    return None
+
+
+def test_tuning_survives_a_lost_node_and_a_killed_driver(
+    acluster: AutoscalingLocalCluster, job_env: dict[str, str], home: Path
 ) -> None:
+    from shipyard import datagen
+
+    # Enough rows and rounds that a trial runs for a while (on 8,000 rows a trial takes a
+    # second, too short to lose its node in the middle of it).
+    data = home / "data-tune"
+    datagen.write_dataset(data, 40000, seed=1, files=2)
     storage = home / "cluster-tune"
     cfg = write_config(
         home / "cluster-tune.yaml",
-        str(dataset / "*.parquet"),
+        str(data / "*.parquet"),
         model={"name": "churn-cluster-tune"},
         train={"num_workers": 1},
         tune={
-            "num_samples": 4, "scheduler": "fifo", "max_rounds": 150, "report_every": 10,
-            "checkpoint_every": 10, "max_concurrent_trials": 2, "train_best": True,
+            "num_samples": 4, "scheduler": "fifo", "max_rounds": ROUNDS, "report_every": 20,
+            "checkpoint_every": CKPT_EVERY, "max_concurrent_trials": 2, "train_best": True,
             "storage_path": str(storage), "name": "study", "max_failures": 3,
-
         },
     )  # fmt: skip
+    study = storage / "study"
     env = {**os.environ, **job_env}
     driver = [sys.executable, "-m", "jobs.tune", "--config", str(cfg)]
     driver += ["--address", acluster.gcs_address]
-    first = subprocess.Popen(
-        driver, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # The driver's output goes to a file: a pipe nobody reads fills up and blocks the driver
+    # in a print, which looks exactly like a stalled study.
+    first_log = (home / "cluster-tune-first.log").open("w")
+    first = subprocess.Popen(driver, cwd=REPO, env=env, stdout=first_log, stderr=subprocess.STDOUT)
     try:
-        # Once a trial has finished, kill the driver outright (trials in flight die with it).
-        wait_for("a finished trial", lambda: finished_trials(storage / "study", 150), 300)
+        # 1. A spot node running a trial is reclaimed once that trial has a checkpoint: Tune
+        # retries the trial on another node from its checkpoint, under the same driver.
+        victim = wait_for("a checkpointed trial", lambda: running_trial_node(study, ROUNDS), 300)
+        preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
+        wait_for("a trial continuing from its checkpoint", lambda: continued_trials(study), 240)
+        # 2. Once a trial has finished, kill the driver outright (trials in flight die with it).
+        wait_for("a finished trial", lambda: finished_trials(study, ROUNDS), 300)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        finished_before = finished_trials(storage / "study", 150)
-        assert finished_before < 4, "the study ended before the driver could be killed"
+        assert finished_trials(study, ROUNDS) < 4, "the study ended before the driver was killed"
     finally:
         if first.poll() is None:
             first.kill()
+        first_log.close()
     resumed = subprocess.run(
         [*driver, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
@@ -167,7 +203,12 @@ def test_tuning_driver_killed_mid_study_resumes_every_trial(
     trials = result["trial_summaries"]
     assert len(trials) == 4, trials
     assert result["errors"] == 0, [t["error"] for t in trials if t["error"]]
-    assert all(t["rounds"] == 150 for t in trials), trials  # every trial ran to the end
+    assert all(t["rounds"] == ROUNDS for t in trials), trials  # every trial ran to the end
+    # Every checkpoint was kept while the study ran (so a resume never points at a deleted
+    # one); once it had finished, each trial kept only its newest.
+    trial_dirs = [d for d in (storage / "study").iterdir() if (d / "result.json").exists()]
+    assert len(trial_dirs) == 4
+    assert [len(list(d.glob("checkpoint_*"))) for d in trial_dirs] == [1] * 4
     # Trials cut short by the kill continued from their checkpoints instead of starting over.
     assert any(t["resumed_from"] and t["resumed_from"] > 0 for t in trials), trials
     # The study is one MLflow run with every trial as a child run, logged once across the resume.
