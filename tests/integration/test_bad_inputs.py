@@ -1,5 +1,9 @@
 """Bad configs and bad data: a clear error naming the key or column, a non-zero exit, and an
-unchanged registry. One test per case, each a real `python -m jobs.train` on the test cluster."""
+unchanged registry. One test per case, each a real `python -m jobs.train` on the test cluster.
+
+One case per stage that can refuse the data (the column plan, the class check after the Ray
+Data pass, an empty read, no files); every message of the column plan is unit-tested in
+tests/unit/test_dataspec.py, where it costs nothing."""
 
 from pathlib import Path
 from typing import Any
@@ -38,12 +42,6 @@ def empty(tmp: Path, good: str) -> dict:
 CASES: dict[str, tuple[Any, str]] = {
     "missing-target": (lambda t, g: {"data": {"target": "renewed"}}, "data.target: column 'renewed' is not in the data"),
     "one-class-target": (one_class, "has a single class [0]"),
-    "non-numeric-regression-target": (
-        lambda t, g: {"data": {"target": "plan", "task": "regression", "time_column": None}},
-        "regression needs a numeric target, but column 'plan'",
-    ),
-    "unknown-categorical": (lambda t, g: {"data": {"categorical": ["country", "planet"]}}, "data.categorical: column(s) ['planet']"),
-    "unknown-drop": (lambda t, g: {"data": {"drop": ["customer_id", "ssn"]}}, "data.drop: column(s) ['ssn']"),
     "empty-data": (empty, "hold no rows"),
     "path-matches-nothing": (lambda t, g: {"data": {"path": str(t / "nowhere" / "*.parquet")}}, "matches no parquet or CSV files"),
 }  # fmt: skip
