@@ -41,16 +41,8 @@ lint: install  ## ruff + mypy
 unit: install
 	$(PY) -m pytest -m unit -q
 
-# The autoscaling-cluster module (its own Ray cluster, mostly waiting on node starts and idle
-# timeouts) runs as a second pytest beside the rest; its log is printed after the main run.
-CLUSTER_TESTS := tests/integration/test_cluster.py
 test: install lint  ## the whole suite: lint, unit, integration, model
-	@mkdir -p $(STATE)
-	@$(PY) -m pytest -q --durations=6 -p no:cacheprovider $(CLUSTER_TESTS) > $(STATE)/test-cluster.log 2>&1 & cluster=$$!; \
-	$(PY) -m pytest -q --durations=15 -p no:cacheprovider --ignore=$(CLUSTER_TESTS); rest=$$?; \
-	wait $$cluster; clu=$$?; \
-	echo "=== $(CLUSTER_TESTS) (ran beside the above; exit $$clu) ==="; cat $(STATE)/test-cluster.log; \
-	test $$rest -eq 0 && test $$clu -eq 0
+	$(PY) -m pytest -q --durations=15 -p no:cacheprovider
 
 bench: install  ## benchmarks side by side with their baselines; ROWS=1000000, REQUESTS=3000, TUNE_ROWS, TRIALS to scale
 	$(PY) -m benchmarks.run --rows $${ROWS:-1000000} --out benchmarks/results

@@ -114,11 +114,37 @@ def run_job(
     cluster: Any, job_env: dict[str, str], args: list[str]
 ) -> subprocess.CompletedProcess[str]:
     """`python -m jobs.train` as its own driver, attached to the session's cluster."""
+    return run_jobs(cluster, job_env, {"job": args})["job"]
+
+
+def run_jobs(
+    cluster: Any, job_env: dict[str, str], jobs: dict[str, list[str]]
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Several `python -m jobs.train` drivers at once (most of a small job is start-up and
+    waiting, which overlaps); output to files, never to pipes nobody reads."""
+    import tempfile
+
     env = {**os.environ, **job_env}
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.train", "--address", cluster.gcs_address, *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="shipyard-jobs-") as tmp:
+        running = {}
+        for name, args in jobs.items():
+            out, err = (open(Path(tmp) / f"{i}-{name}", "w+") for i in (1, 2))  # noqa: SIM115
+            cmd = [sys.executable, "-m", "jobs.train", "--address", cluster.gcs_address, *args]
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+            running[name] = (proc, cmd, out, err)
+        done = {}
+        for name, (proc, cmd, out, err) in running.items():
+            try:
+                proc.wait(timeout=600)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            out.seek(0)
+            err.seek(0)
+            done[name] = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+            out.close()
+            err.close()
+        return done
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from shipyard import datagen
-from tests.conftest import run_job, write_config
+from tests.conftest import run_jobs, write_config
 
 
 def snapshot(registry: Any) -> list[tuple[str, str, dict[str, str]]]:
@@ -47,39 +47,48 @@ CASES: dict[str, tuple[Any, str]] = {
 }  # fmt: skip
 
 
+CONFIGS = {
+    "malformed-yaml": ("model: {name: m}\ndata: [unclosed\n", "is not valid YAML at line"),
+    "wrong-type": (
+        "model: {name: m}\ndata: {path: x, target: y, task: binary}\ntrain: {num_workers: two}\n",
+        "train.num_workers: Input should be a valid integer",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(
+    tmp_path_factory: pytest.TempPathFactory, cluster: Any, dataset: Path, job_env: dict,
+    registry: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """Every case's job at once (each is a real driver on the test cluster); the registry is
+    snapshotted before the first starts and after the last ends."""
+    jobs = {}
+    for case, (make, _) in CASES.items():
+        tmp = tmp_path_factory.mktemp(case)
+        cfg = write_config(tmp / "c.yaml", str(dataset / "*.parquet"), **make(tmp, str(dataset)))
+        jobs[case] = ["--config", str(cfg)]
+    for case, (text, _) in CONFIGS.items():
+        cfg = tmp_path_factory.mktemp(case) / "bad.yaml"
+        cfg.write_text(text)
+        jobs[case] = ["--config", str(cfg)]
+    before = snapshot(registry)
+    procs = run_jobs(cluster, job_env, jobs)
+    return {"procs": procs, "before": before, "after": snapshot(registry)}
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_data(
-    case: str, tmp_path: Path, cluster: Any, dataset: Path, job_env: dict, registry: Any
-) -> None:
-    make, message = CASES[case]
-    overrides = make(tmp_path, str(dataset))
-    cfg = write_config(tmp_path / "c.yaml", str(dataset / "*.parquet"), **overrides)
-    before = snapshot(registry)
-    proc = run_job(cluster, job_env, ["--config", str(cfg)])
+def test_bad_data(case: str, runs: dict[str, Any]) -> None:
+    proc = runs["procs"][case]
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert message in proc.stderr
+    assert CASES[case][1] in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert snapshot(registry) == before
+    assert runs["after"] == runs["before"]
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("model: {name: m}\ndata: [unclosed\n", "is not valid YAML at line"),
-        (
-            "model: {name: m}\ndata: {path: x, target: y, task: binary}\ntrain: {num_workers: two}\n",
-            "train.num_workers: Input should be a valid integer",
-        ),
-    ],
-    ids=["malformed-yaml", "wrong-type"],
-)
-def test_bad_config(
-    text: str, message: str, tmp_path: Path, cluster: Any, job_env: dict, registry: Any
-) -> None:
-    cfg = tmp_path / "bad.yaml"
-    cfg.write_text(text)
-    before = snapshot(registry)
-    proc = run_job(cluster, job_env, ["--config", str(cfg)])
+@pytest.mark.parametrize("case", list(CONFIGS))
+def test_bad_config(case: str, runs: dict[str, Any]) -> None:
+    proc = runs["procs"][case]
     assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert snapshot(registry) == before
+    assert CONFIGS[case][1] in proc.stderr and "Traceback" not in proc.stderr
+    assert runs["after"] == runs["before"]

@@ -48,20 +48,20 @@ def wait_for(what: str, fn: Any, timeout_s: float, every_s: float = 0.5) -> Any:
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def node_of(cluster: AutoscalingLocalCluster, class_name: str, timeout_s: float = 30) -> str:
-    """The node a live actor of this class runs on (waits for one)."""
+def live_actor(cluster: AutoscalingLocalCluster, class_name: str) -> tuple[str, int]:
+    """(node id, pid) of a live actor of this class (waits for one)."""
     from ray.util.state import list_actors
 
     seen: list[tuple[str, str]] = []
 
-    def find() -> str | None:
+    def find() -> tuple[str, int] | None:
         actors = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], limit=1000)
         seen[:] = [(a.class_name, a.node_id) for a in actors]
         mine = [a for a in actors if a.class_name == class_name]
-        return str(mine[0].node_id) if mine else None
+        return (str(mine[0].node_id), int(mine[0].pid)) if mine else None
 
     try:
-        return str(wait_for(f"a live {class_name}", find, timeout_s))
+        return wait_for(f"a live {class_name}", find, 30)  # type: ignore[no-any-return]
     except AssertionError as err:
         raise AssertionError(f"{err}; live actors: {seen}") from None
 
@@ -90,7 +90,8 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
         str(dataset / "*.parquet"),
         model={"name": "churn-cluster"},
         train={
-            "num_workers": 1, "num_boost_round": 100, "early_stopping_rounds": 100,
+            # Long enough (~30 s of boosting) that the node goes mid-run, not after the end.
+            "num_workers": 1, "num_boost_round": 250, "early_stopping_rounds": 250,
             "checkpoint_every": 10, "storage_path": str(ckpt), "max_failures": 0,
         },
     )  # fmt: skip
@@ -107,8 +108,9 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
         nodes = worker_nodes(acluster.gcs_address)
         assert nodes and {n["node_type"] for n in nodes} == {"cpu-spot"}, nodes
         before = latest_checkpoint_rounds(ckpt)
-        victim = node_of(acluster, "RayTrainWorker")  # the spot node the training runs on
-        preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
+        victim, worker = live_actor(acluster, "RayTrainWorker")  # the spot node it runs on
+        killed = preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
+        assert worker in killed  # the node went with the training worker on it, mid-run
         job.wait(timeout=400)
     finally:
         if job.poll() is None:

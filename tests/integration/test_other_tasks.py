@@ -12,7 +12,7 @@ import xgboost as xgb
 from shipyard import datagen
 from shipyard.onnx_model import OnnxPredictor, parity
 from shipyard.schema import InputSchema
-from tests.conftest import run_job, write_config
+from tests.conftest import run_jobs, write_config
 
 
 def frame(task: str) -> pd.DataFrame:
@@ -36,23 +36,38 @@ def frame(task: str) -> pd.DataFrame:
     return df
 
 
-@pytest.mark.parametrize(("task", "target"), [("multiclass", "tier"), ("regression", "spend")])
+TASKS = {"multiclass": "tier", "regression": "spend"}
+
+
+@pytest.fixture(scope="module")
+def trained_tasks(
+    tmp_path_factory: pytest.TempPathFactory, cluster: Any, job_env: dict
+) -> dict[str, Any]:
+    """Both tasks' jobs at once, one CPU each on the 2-CPU test cluster."""
+    jobs = {}
+    for task, target in TASKS.items():
+        tmp = tmp_path_factory.mktemp(task)
+        (tmp / "d").mkdir()
+        frame(task).to_parquet(tmp / "d" / "part-0.parquet", index=False)
+        cfg = write_config(
+            tmp / "c.yaml",
+            str(tmp / "d"),
+            model={"name": f"{task}-test"},
+            data={"target": target, "task": task, "time_column": None},
+            train={"num_workers": 1, "cpus_per_worker": 1},
+            gates={"max_slice_gap": 1.0},  # the task path; slice gates are tested elsewhere
+        )
+        jobs[task] = ["--config", str(cfg)]
+    return run_jobs(cluster, job_env, jobs)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
 def test_task_registers_with_parity(
-    task: str, target: str, tmp_path: Path, cluster: Any, job_env: dict, registry: Any
+    task: str, trained_tasks: dict[str, Any], tmp_path: Path, registry: Any
 ) -> None:
-    (tmp_path / "d").mkdir()
-    frame(task).to_parquet(tmp_path / "d" / "part-0.parquet", index=False)
-    name = f"{task}-test"
-    cfg = write_config(
-        tmp_path / "c.yaml",
-        str(tmp_path / "d"),
-        model={"name": name},
-        data={"target": target, "task": task, "time_column": None},
-        train={"num_workers": 1, "cpus_per_worker": 2},
-        gates={"max_slice_gap": 1.0},  # this tests the task path; slice gates are tested elsewhere
-    )
-    proc = run_job(cluster, job_env, ["--config", str(cfg)])
+    proc = trained_tasks[task]
     assert proc.returncode == 0, proc.stderr[-3000:]
+    name = f"{task}-test"
     bundle = registry.download(name, "champion", tmp_path / "dl")
     schema = InputSchema.from_dict(json.loads((bundle / "input_schema.json").read_text()))
     ev = json.loads((bundle / "evaluation.json").read_text())
