@@ -14,6 +14,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serving.drift import DriftActor
 from serving.model import VariantModel
 from serving.router import Router
 from serving.store import ExperimentStore
@@ -60,6 +61,21 @@ def build_app(args: dict[str, Any]) -> Application:
     store = serve.deployment(name="experiment", num_replicas=1, ray_actor_options={"num_cpus": 0})(
         ExperimentStore
     ).bind(config, versions, tracking_uri, state_dir, str(home / "events.jsonl"))
+    drifts = {
+        v.name: serve.deployment(
+            name=f"drift-{v.name}", num_replicas=1, ray_actor_options={"num_cpus": 0}
+        )(DriftActor).bind(
+            cfg.model,
+            versions[v.name],
+            v.name,
+            config["drift"],
+            state_dir,
+            str(home / "events.jsonl"),
+            tracking_uri,
+        )
+        for v in cfg.variants
+        if cfg.drift.enabled
+    }
     models = {
         v.name: serve.deployment(
             name=f"variant-{v.name}",
@@ -75,6 +91,9 @@ def build_app(args: dict[str, Any]) -> Application:
             v.max_batch_size,
             v.batch_wait_ms,
             v.faults.model_dump(),
+            None,
+            drifts.get(v.name),
+            config["drift"],
         )
         for v in cfg.variants
     }
@@ -84,4 +103,4 @@ def build_app(args: dict[str, Any]) -> Application:
         user_config=cfg.traffic(),
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,
-    )(Router).bind(config, versions, models, store)
+    )(Router).bind(config, versions, models, store, drifts)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from serving.drift import DriftFeeder
 from shipyard.errors import InvalidInput
 from shipyard.onnx_model import OnnxPredictor
 from shipyard.registry import Registry
@@ -56,6 +57,8 @@ class VariantModel:
         batch_wait_ms: float = 1.0,
         faults: dict[str, float] | None = None,
         loader: Loader | None = None,
+        drift: Any = None,
+        drift_config: dict[str, Any] | None = None,
     ) -> None:
         bundle = (loader or registry_loader)(model, version, tracking_uri)
         self.model, self.version, self.variant = model, int(version), variant
@@ -70,6 +73,15 @@ class VariantModel:
         batcher.set_max_batch_size(max_batch_size)
         batcher.set_batch_wait_timeout_s(batch_wait_ms / 1000)
         self.faults = faults or {}
+        self.feeder: DriftFeeder | None = None
+        if drift is not None:  # the variant's drift actor: fed off the request path
+            c = drift_config or {}
+            self.feeder = DriftFeeder(
+                lambda batch: drift.ingest.remote(batch),
+                batch_rows=c.get("batch_rows", 1000),
+                flush_interval_s=c.get("flush_interval_s", 1.0),
+                max_buffer_rows=c.get("max_buffer_rows", 50_000),
+            )
         self.loaded_at = time.time()
         logger.info("variant %s loaded %s v%d from %s", variant, model, version, bundle)
 
@@ -94,13 +106,26 @@ class VariantModel:
         try:
             feed = self.schema.validate_records(instances)
         except InvalidInput as err:
+            if self.feeder is not None and err.field:
+                self.feeder.add_type_error(err.field)
             return {"error": err.message, "status": 422}
         await self._inject()
         if len(instances) > self.max_batch_size:
             out = self.predictor.run(feed)  # already a batch: no point queueing it
         else:
             out = await self._run_batched(feed)
+        if self.feeder is not None:
+            self.feeder.add(feed, out if out.ndim == 1 else out.max(axis=1))
         return self.format(out)
+
+    def drift_stats(self) -> dict[str, Any]:
+        """Rows this replica has buffered, sent to and dropped for its drift actor."""
+        return self.feeder.stats() if self.feeder is not None else {}
+
+    async def drift_flush(self) -> dict[str, Any]:
+        if self.feeder is not None:
+            await self.feeder.flush()
+        return self.drift_stats()
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.001, batch_size_fn=_rows)
     async def _run_batched(self, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:

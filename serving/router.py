@@ -80,11 +80,13 @@ class Router:
         versions: dict[str, int],
         models: dict[str, Any],
         store: Any,
+        drifts: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = ServingConfig.model_validate(config)
         self.versions = versions
         self.models = models
         self.store = store
+        self.drifts = drifts or {}
         self.buffer: list[dict[str, Any]] = []
         self.dropped_records = 0
         self.shadow_in_flight = {name: 0 for name in versions}
@@ -519,6 +521,45 @@ class Router:
                 "control": answer["ok"]["control"],
             }
         )
+
+    @api.get("/drift")
+    async def drift(self) -> JSONResponse:
+        """Per variant: the last closed window's verdict per feature (score, p-value, drifted,
+        window size, since when) and an overall `drifted`."""
+        if not self.drifts:
+            return _error(404, "drift actors are off (drift.enabled: false)")
+        names = list(self.drifts)
+        answers = await asyncio.gather(
+            *[_awaitable(self.drifts[n].status.remote()) for n in names], return_exceptions=True
+        )
+        out: dict[str, Any] = {}
+        for name, answer in zip(names, answers):
+            if isinstance(answer, BaseException):
+                logger.warning("drift actor of %s unavailable: %s", name, answer)
+                out[name] = {"available": False, "error": "drift actor unavailable (restarting?)"}
+            else:
+                out[name] = {"available": True, **answer}
+        return JSONResponse({"model": self.cfg.model, "variants": out})
+
+    @api.get("/drift/{variant}/report")
+    async def drift_report(self, variant: str) -> Any:
+        """HTML: reference vs current histograms of the variant's drifted features."""
+        from fastapi.responses import HTMLResponse
+
+        from shipyard.drift_report import render_html
+
+        if variant not in self.drifts:
+            return _error(
+                404, f"no drift actor for variant {variant!r}; variants: {sorted(self.drifts)}"
+            )
+        try:
+            data = await asyncio.wait_for(
+                _awaitable(self.drifts[variant].report_data.remote()), self.cfg.limits.timeout_s
+            )
+        except Exception as err:
+            logger.warning("drift report of %s unavailable: %s", variant, err)
+            return _error(503, f"drift actor of {variant!r} unavailable; retry shortly")
+        return HTMLResponse(render_html(data))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:

@@ -30,9 +30,14 @@ class DataValidationError(ShipyardError):
 
 
 class InvalidInput(ShipyardError):
-    """A request's record does not match the model's input schema."""
+    """A request's record does not match the model's input schema. `field` names the feature
+    whose value had the wrong type, when that was the problem (drift counts type errors)."""
 
     http_status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.field = field
 
 
 class ModelNotFound(ShipyardError):

@@ -121,14 +121,16 @@ class InputSchema:
                     if isinstance(value, bool) or not isinstance(value, (int, float)):
                         raise InvalidInput(
                             f"{where}.{name} must be a number or null, got "
-                            f"{type(value).__name__} {value!r}"[:200]
+                            f"{type(value).__name__} {value!r}"[:200],
+                            field=name,
                         )
                 elif isinstance(value, int) and not isinstance(value, bool):
                     value = str(value)
                 elif not isinstance(value, str):
                     raise InvalidInput(
                         f"{where}.{name} must be a string (category) or null, got "
-                        f"{type(value).__name__} {value!r}"[:200]
+                        f"{type(value).__name__} {value!r}"[:200],
+                        field=name,
                     )
                 cols[name][i] = value
             missing = [f for f in kinds if f not in rec]

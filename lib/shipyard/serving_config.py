@@ -143,6 +143,84 @@ class Limits(_Strict):
     timeout_s: PositiveFloat = Field(10.0, description="Per-request model timeout (HTTP 504).")
 
 
+class DriftSection(_Strict):
+    """Drift actors: one per variant, fed by its replicas off the request path."""
+
+    enabled: bool = Field(True, description="Run a drift actor for every variant.")
+    window_rows: PositiveInt = Field(
+        5000, description="A window closes after this many rows (or window_seconds)."
+    )
+    window_seconds: PositiveFloat = Field(
+        300.0, description="A window closes after this long (if it holds min_rows)."
+    )
+    min_rows: PositiveInt = Field(
+        500, description="Rows a window closed by time needs to be judged (else it goes on)."
+    )
+    alpha: float = Field(
+        0.01, gt=0.0, lt=0.5, description="Significance after the multiple-testing correction."
+    )
+    correction: Literal["holm", "bh"] = Field(
+        "holm",
+        description="Across the features of a window: holm (family-wise error) or bh "
+        "(Benjamini-Hochberg, false discovery rate).",
+    )
+    effect: Literal["psi", "js"] = Field(
+        "psi", description="Effect size that must also pass its threshold: psi or js."
+    )
+    psi_threshold: PositiveFloat = Field(
+        0.02, description="PSI a drifted feature must reach (0.25 sd mean shift ~ 0.06)."
+    )
+    js_threshold: PositiveFloat = Field(
+        0.06, description="Jensen-Shannon distance (base 2) a drifted feature must reach."
+    )
+    missing_rate_increase: PositiveFloat = Field(
+        0.05, description="Missing-rate rise over the reference that is drift (absolute)."
+    )
+    unseen_rate: PositiveFloat = Field(
+        0.01, description="Share of values in no training category that is drift."
+    )
+    out_of_range_rate: PositiveFloat = Field(
+        0.01, description="Share of values outside the training range that is drift."
+    )
+    type_error_rate: PositiveFloat = Field(
+        0.01, description="Share of records refused for a field's type that is drift."
+    )
+    resolve_after: PositiveInt = Field(
+        2, description="Clean windows in a row before a drift counts as resolved."
+    )
+    batch_rows: PositiveInt = Field(
+        1000, description="Replicas send their buffered rows once they hold this many..."
+    )
+    flush_interval_s: PositiveFloat = Field(1.0, description="...or this often.")
+    max_buffer_rows: PositiveInt = Field(
+        50_000,
+        description="Rows a replica holds for a slow or dead drift actor before it drops "
+        "(and counts) them; predictions never wait.",
+    )
+    checkpoint_s: PositiveFloat = Field(
+        5.0, description="How often a drift actor saves its state (also at every window)."
+    )
+
+    def settings(self) -> Any:
+        from shipyard.drift import DriftSettings
+
+        return DriftSettings(
+            window_rows=self.window_rows,
+            window_seconds=self.window_seconds,
+            min_rows=self.min_rows,
+            alpha=self.alpha,
+            correction=self.correction,
+            effect=self.effect,
+            psi_threshold=self.psi_threshold,
+            js_threshold=self.js_threshold,
+            missing_rate_increase=self.missing_rate_increase,
+            unseen_rate=self.unseen_rate,
+            out_of_range_rate=self.out_of_range_rate,
+            type_error_rate=self.type_error_rate,
+            resolve_after=self.resolve_after,
+        )
+
+
 class ServingConfig(_Strict):
     model: str = Field(description="Registered model name.", min_length=1)
     variants: list[Variant] = Field(description="Live and shadow variants.", min_length=1)
@@ -168,6 +246,9 @@ class ServingConfig(_Strict):
     guardrails: Guardrails = Field(default_factory=Guardrails, description="Automatic rollback.")
     ab: ABSection = Field(default_factory=ABSection, description="A/B statistics.")
     limits: Limits = Field(default_factory=Limits, description="Request limits.")
+    drift: DriftSection = Field(
+        default_factory=DriftSection, description="Drift actors (inputs and outputs)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingConfig:

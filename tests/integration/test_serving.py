@@ -29,6 +29,7 @@ from shipyard.routing import Allocation, bucket_of
 from tests.conftest import ADMIN_TOKEN
 
 SERVE_MODEL = "churn-serve"
+DRIFT_WINDOW = 2000
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -70,6 +71,8 @@ def app_args(home: Path, **extra: Any) -> dict[str, Any]:
         "guardrails": {"min_requests": 60, "max_error_rate_delta": 0.05},
         "ab": {"min_outcomes": 50},
         "limits": {"max_body_bytes": 65536, "max_instances": 100},
+        "drift": {"window_rows": DRIFT_WINDOW, "batch_rows": 500, "flush_interval_s": 0.2,
+                  "checkpoint_s": 1.0},
         **extra,
     }  # fmt: skip
 
@@ -95,6 +98,11 @@ class Client:
             body["key"] = key
         return self.session.post(
             f"{self.url}/predict", json=body, headers=headers or {}, timeout=30
+        )
+
+    def predict_records(self, records: list[Any], headers: dict[str, str]) -> requests.Response:
+        return self.session.post(
+            f"{self.url}/predict", json={"instances": records}, headers=headers, timeout=30
         )
 
     def traffic(self, **body: Any) -> dict[str, Any]:
@@ -461,6 +469,110 @@ def test_metrics_reach_prometheus(client: Client, cluster: Any) -> None:
         if x.startswith("ray_shipyard_requests") or x.startswith("shipyard_requests")
     ]
     assert any('variant="control"' in x for x in lines), text[-2000:]
+
+
+def _drift(client: Client, variant: str = "control") -> dict[str, Any]:
+    return dict(client.get("/drift")["variants"][variant])
+
+
+def _flush_drift(variant: str = "control") -> None:
+    """Make the variant's replica hand its buffered rows to the drift actor now."""
+    from ray import serve
+
+    serve.get_deployment_handle(f"variant-{variant}", "shipyard").drift_flush.remote().result()
+
+
+def _send(client: Client, frame: pd.DataFrame, variant: str = "control") -> None:
+    records = json.loads(frame.drop(columns=["ts"]).to_json(orient="records"))
+    for i in range(0, len(records), 100):
+        r = client.predict_records(records[i : i + 100], {"X-Shipyard-Variant": variant})
+        assert r.status_code == 200, r.text
+
+
+def _wait_windows(client: Client, n: int, variant: str = "control") -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        d = _drift(client, variant)
+        if d["available"] and d["windows"] >= n:
+            return d
+        time.sleep(0.3)
+    raise AssertionError(f"drift actor of {variant} did not reach {n} windows: {d}")
+
+
+def test_drift_none_is_quiet_and_each_scenario_drifts_what_it_touched(client: Client) -> None:
+    from shipyard import datagen
+
+    _flush_drift()
+    d = _drift(client)
+    assert d["available"] and d["model_version"] and d["settings"]["window_rows"] == DRIFT_WINDOW
+    if d["open_window_rows"]:  # close the window earlier tests opened, with rows like training's
+        _send(client, datagen.generate(DRIFT_WINDOW - d["open_window_rows"], seed=100))
+        _flush_drift()
+        d = _wait_windows(client, d["windows"] + 1)
+    first = d["windows"]
+    _send(client, datagen.generate(DRIFT_WINDOW, seed=101))  # "none": a window of its own
+    _flush_drift()
+    d = _wait_windows(client, first + 1)
+    assert d["last_window"]["rows"] == DRIFT_WINDOW
+    quiet = {f: v for f, v in d["features"].items() if v["drifted"]}
+    assert quiet == {}, quiet
+    for k, scenario in enumerate(
+        ["covariate_shift", "category_mix", "missing_spike", "unseen_categories"], start=2
+    ):
+        _send(client, datagen.generate(DRIFT_WINDOW, seed=100 + k, scenario=scenario))
+        _flush_drift()
+        d = _wait_windows(client, first + k)
+        drifted = {f for f, v in d["features"].items() if v["drifted"] and f != "__prediction__"}
+        assert drifted == set(datagen.SCENARIOS[scenario].touched), (scenario, d["features"])
+        for f in drifted:  # each comes with its evidence
+            v = d["features"][f]
+            assert v["quality_flags"] or (v["p_adjusted"] < 0.01 and v["psi"] >= 0.02), v
+    assert d["drifted"] and d["features"]["country"]["since"] is not None
+    events = [e for e in _events(client) if e["kind"] == "drift_started"]
+    assert {f for e in events for f in e["features"]} >= {"income", "device", "country"}
+    # The HTML report shows the drifted features' histograms.
+    page = client.session.get(f"{client.url}/drift/control/report", timeout=30)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "<h3>country</h3>" in page.text and "<svg" in page.text
+    missing = client.session.get(f"{client.url}/drift/nope/report", timeout=30)
+    assert missing.status_code == 404 and "control" in missing.json()["error"]
+
+
+def _events(client: Client) -> list[dict[str, Any]]:
+    import os
+
+    from shipyard.events import EventLog
+
+    return EventLog(Path(os.environ.get("SHIPYARD_HOME", ".")) / "events.jsonl").read()
+
+
+def test_a_dead_drift_actor_fails_no_prediction_and_resumes(client: Client) -> None:
+    import ray
+    from ray import serve
+
+    _flush_drift()
+    serve.get_deployment_handle("drift-control", "shipyard").checkpoint.remote().result()
+    saved = _drift(client)["rows"]
+    replica = next(
+        a for a in ray.util.list_named_actors(all_namespaces=True) if "drift-control" in a["name"]
+    )
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+    codes = [client.predict(headers={"X-Shipyard-Variant": "control"}, n=50).status_code
+             for _ in range(40)]  # fmt: skip
+    assert set(codes) == {200}  # predictions never wait for the drift actor
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # Serve starts a new replica; it resumes from its state
+        d = _drift(client)
+        if d["available"] and d["restored_from"] is not None:
+            break
+        time.sleep(0.5)
+    assert d["restored_from"] == {"rows": saved, "windows": d["restored_from"]["windows"]}, d
+    _flush_drift()
+    assert client.predict(headers={"X-Shipyard-Variant": "control"}, n=50).status_code == 200
+    _flush_drift()  # this last batch also carries the replica's count of undelivered rows
+    after = _drift(client)
+    # Every row sent since the checkpoint reached the new actor or is counted as dropped.
+    assert after["rows"] + after["dropped_rows"] == saved + 41 * 50, after
 
 
 def test_promote_moves_traffic_and_the_champion_alias(

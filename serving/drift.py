@@ -1,0 +1,302 @@
+"""Drift actors: one per variant, fed by that variant's replicas, never on a request's path.
+
+`DriftFeeder` lives in each model replica: `add` appends the request's feature columns and scores
+to a buffer (a list append, nothing more) and a background task sends the buffer to the drift
+actor every `flush_interval_s` or `batch_rows`. A slow or dead actor never slows or fails a
+prediction: sends are not awaited by requests, and rows beyond `max_buffer_rows` are dropped and
+counted.
+
+`DriftActor` is a one-replica Serve deployment per variant (Serve restarts it if it dies). It
+wraps `shipyard.drift.DriftMonitor` against the version's registered reference profile, saves
+its state every `checkpoint_s` and at every window (atomically) and resumes from it on restart,
+writes drift_started / drift_resolved events (event log, webhook) and exports Prometheus gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shipyard.drift import PREDICTION, DriftMonitor, Reference
+from shipyard.events import EventLog
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, Any]  # {"feed": {column: array}, "scores": array, "type_errors": {field: n}}
+
+
+class DriftFeeder:
+    """Buffers rows in a replica and ships them to the drift actor in the background."""
+
+    def __init__(
+        self,
+        send: Callable[[Batch], Awaitable[Any]],
+        batch_rows: int = 1000,
+        flush_interval_s: float = 1.0,
+        max_buffer_rows: int = 50_000,
+        send_timeout_s: float = 30.0,
+    ) -> None:
+        self.send = send
+        self.batch_rows = batch_rows
+        self.flush_interval_s = flush_interval_s
+        self.max_buffer_rows = max_buffer_rows
+        self.send_timeout_s = send_timeout_s
+        self.feeds: list[dict[str, np.ndarray]] = []
+        self.scores: list[np.ndarray] = []
+        self.type_errors: dict[str, int] = {}
+        self.rows = 0  # buffered
+        self.sent_rows = 0
+        self.dropped_rows = 0
+        self.source = uuid.uuid4().hex[:12]  # this replica, for the actor's dropped-rows total
+        self._sending: asyncio.Task[None] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def add(self, feed: dict[str, np.ndarray], scores: Any) -> None:
+        """Called by a request after its prediction: O(1), never blocks, never raises."""
+        n = len(next(iter(feed.values()))) if feed else 0
+        if self.rows + n > self.max_buffer_rows:
+            self.dropped_rows += n
+            return
+        self.feeds.append(feed)
+        self.scores.append(np.asarray(scores, dtype=np.float64))
+        self.rows += n
+        self._ensure_loop()
+        if self.rows >= self.batch_rows:
+            self._kick()
+
+    def add_type_error(self, field: str) -> None:
+        self.type_errors[field] = self.type_errors.get(field, 0) + 1
+        self._ensure_loop()
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            # No running loop (a plain call): the next async caller starts it.
+            with contextlib.suppress(RuntimeError):
+                self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            self._kick()
+
+    def _kick(self) -> None:
+        """Start a send unless one is in flight (one at a time: a slow actor backs up the
+        buffer, which is bounded, instead of piling up requests on it)."""
+        if self._sending is not None and not self._sending.done():
+            return
+        if not self.rows and not self.type_errors:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a plain call: the async flush loop sends it later
+            return
+        self._sending = loop.create_task(self._ship(self._take()))
+
+    def _take(self) -> Batch:
+        feeds, scores, errors, rows = self.feeds, self.scores, self.type_errors, self.rows
+        self.feeds, self.scores, self.type_errors, self.rows = [], [], {}, 0
+        feed = (
+            {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]} if feeds else {}
+        )  # fmt: skip
+        return {
+            "feed": feed,
+            "scores": np.concatenate(scores) if scores else np.empty(0),
+            "type_errors": errors,
+            "rows": rows,
+            "source": self.source,
+            "dropped_total": self.dropped_rows,  # so far: the actor reports the sum over replicas
+        }
+
+    async def _ship(self, batch: Batch) -> None:
+        try:
+            await asyncio.wait_for(self.send(batch), self.send_timeout_s)
+            self.sent_rows += batch["rows"]
+        except Exception as err:  # dead, restarting or slow actor: count the loss, move on
+            self.dropped_rows += batch["rows"]
+            logger.warning("drift actor unavailable, dropped %d rows: %s", batch["rows"], err)
+
+    async def flush(self) -> None:
+        """Send everything buffered now and wait for it (tests, shutdown)."""
+        if self._sending is not None:
+            await asyncio.gather(self._sending, return_exceptions=True)
+        if self.rows or self.type_errors:
+            await self._ship(self._take())
+
+    def stats(self) -> dict[str, int]:
+        return {"buffered": self.rows, "sent": self.sent_rows, "dropped": self.dropped_rows}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class DriftActor:
+    """The drift monitor of one variant (one version); a plain class, deployed by serving.app."""
+
+    def __init__(
+        self,
+        model: str,
+        version: int,
+        variant: str,
+        drift: dict[str, Any],
+        state_dir: str,
+        events_path: str,
+        tracking_uri: str | None = None,
+        loader: Callable[[str, int, str | None], Path] | None = None,
+    ) -> None:
+        from serving.model import registry_loader
+        from shipyard.serving_config import DriftSection
+
+        section = DriftSection.model_validate(drift)
+        bundle = (loader or registry_loader)(model, version, tracking_uri)
+        profile = json.loads((bundle / "reference_profile.json").read_text())
+        self.model, self.version, self.variant = model, int(version), variant
+        self.monitor = DriftMonitor(Reference.from_profile(profile), section.settings())
+        self.checkpoint_s = section.checkpoint_s
+        self.state_path = Path(state_dir) / "drift" / f"{variant}-v{self.version}.json"
+        self.events = EventLog(events_path)
+        self.restored_from: dict[str, Any] | None = None
+        self.dropped: dict[str, int] = {}  # replica -> rows it could not deliver (cumulative)
+        self._restore()
+        self._dirty = False
+        self._saved_at = time.monotonic()
+        self._tick_task: asyncio.Task[None] | None = None
+        self._gauges = self._init_metrics()
+
+    # -- state --
+    def _restore(self) -> None:
+        if not self.state_path.exists():
+            return
+        try:
+            state = json.loads(self.state_path.read_text())
+            self.monitor.restore(state["monitor"])
+            self.dropped = {str(k): int(v) for k, v in state.get("dropped", {}).items()}
+        except (OSError, ValueError, KeyError) as err:  # keep the file for a person to look at
+            bad = self.state_path.with_suffix(".unreadable.json")
+            os.replace(self.state_path, bad)
+            logger.warning("drift state %s unreadable (%s); moved to %s", self.state_path, err, bad)
+            return
+        self.restored_from = {"rows": self.monitor.total_rows, "windows": self.monitor.windows}
+        logger.info("drift %s v%d resumed: %s", self.variant, self.version, self.restored_from)
+
+    def save(self) -> None:
+        state = {"model": self.model, "version": self.version, "variant": self.variant,
+                 "saved_at": time.time(), "monitor": self.monitor.state(),
+                 "dropped": self.dropped}  # fmt: skip
+        _write_atomic(self.state_path, json.dumps(state, default=float))
+        self._dirty = False
+        self._saved_at = time.monotonic()
+
+    # -- metrics --
+    def _init_metrics(self) -> dict[str, Any]:
+        import ray
+
+        if not ray.is_initialized():  # a plain object (unit tests): no metrics to export
+            return {}
+        from ray.serve import metrics
+
+        tags: Any = ("model", "variant", "feature")
+        return {
+            "score": metrics.Gauge(
+                "shipyard_drift_score",
+                description="Effect size (PSI or JS) of the last closed window, per feature.",
+                tag_keys=tags,
+            ),
+            "drifted": metrics.Gauge(
+                "shipyard_drift_drifted",
+                description="1 while a feature (or __prediction__) is in a drift episode.",
+                tag_keys=tags,
+            ),
+            "rows": metrics.Gauge(
+                "shipyard_drift_rows",
+                description="Rows a drift actor has counted.",
+                tag_keys=("model", "variant"),  # type: ignore[arg-type]
+            ),
+        }
+
+    def _export(self) -> None:
+        if not self._gauges:
+            return
+        base = {"model": self.model, "variant": self.variant}
+        for name, f in self.monitor.status()["features"].items():
+            tags = {**base, "feature": name}
+            self._gauges["score"].set(float(f["score"]), tags=tags)
+            self._gauges["drifted"].set(1.0 if f["since"] is not None else 0.0, tags=tags)
+        self._gauges["rows"].set(float(self.monitor.total_rows), tags=base)
+
+    # -- feeding --
+    def _emit(self, events: list[dict[str, Any]]) -> None:
+        for e in events:
+            kind = e.pop("kind")
+            self.events.emit(
+                kind, model=self.model, version=self.version, variant=self.variant, **e
+            )
+            logger.warning("%s: %s v%d %s %s", kind, self.model, self.version, self.variant, e)
+        if events:
+            self._export()
+
+    def _ensure_ticker(self) -> None:
+        if self._tick_task is None or self._tick_task.done():
+            self._tick_task = asyncio.get_running_loop().create_task(self._ticker())
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.checkpoint_s))
+            self._emit(self.monitor.tick())
+            if self._dirty and time.monotonic() - self._saved_at >= self.checkpoint_s:
+                self.save()
+
+    async def ingest(self, batch: Batch) -> dict[str, Any]:
+        self._ensure_ticker()
+        if batch.get("source"):
+            src = str(batch["source"])
+            self.dropped[src] = max(self.dropped.get(src, 0), int(batch.get("dropped_total", 0)))
+        windows = self.monitor.windows
+        events = self.monitor.add(
+            batch["feed"], batch.get("scores"), batch.get("type_errors") or None
+        )
+        self._dirty = True
+        self._emit(events)
+        if self.monitor.windows != windows:  # a window closed: save now, export the verdict
+            self.save()
+            self._export()
+        return {"rows": self.monitor.total_rows, "windows": self.monitor.windows}
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "model_version": self.version,
+            "variant": self.variant,
+            "restored_from": self.restored_from,
+            "dropped_rows": sum(self.dropped.values()),
+            **self.monitor.status(),
+        }
+
+    async def report_data(self) -> dict[str, Any]:
+        """Reference vs last-window proportions per feature (the HTML report's data)."""
+        w = self.monitor.last_window
+        out: dict[str, Any] = {}
+        for name, ref in self.monitor.reference.tracked().items():
+            cur = w.features[name].counts if w is not None else np.zeros(len(ref.counts))
+            out[name] = {
+                "bins": ref.bin_labels(),
+                "reference": (ref.counts / max(1, ref.counts.sum())).tolist(),
+                "current": (cur / max(1, cur.sum())).tolist(),
+            }
+        return {"status": await self.status(), "histograms": out, "prediction": PREDICTION}
+
+    async def checkpoint(self) -> None:
+        self.save()

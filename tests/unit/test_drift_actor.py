@@ -1,0 +1,147 @@
+"""The replica-side feeder and the drift actor as plain objects (no Ray): a dead or slow actor
+never blocks a prediction and its rows are counted as dropped; a restarted actor resumes from
+its saved state; drift raises events."""
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.drift import DriftActor, DriftFeeder
+from shipyard import datagen
+from shipyard.drift import profile_of_frame
+from shipyard.events import EventLog
+from tests.unit.test_drift import CATEGORICAL, NUMERIC, feed_of
+
+
+def batch_of(n: int, seed: int, scenario: str = "none") -> tuple[dict[str, np.ndarray], Any]:
+    df = datagen.generate(n, seed=seed, scenario=scenario)
+    return feed_of(df), np.full(n, 0.3)
+
+
+class Sink:
+    def __init__(self, fail: bool = False, delay_s: float = 0.0) -> None:
+        self.batches: list[dict[str, Any]] = []
+        self.fail, self.delay_s = fail, delay_s
+
+    async def __call__(self, batch: dict[str, Any]) -> None:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("ActorDiedError: the drift actor is dead")
+        self.batches.append(batch)
+
+
+def test_feeder_ships_buffered_rows_in_batches() -> None:
+    async def run() -> Sink:
+        sink = Sink()
+        feeder = DriftFeeder(sink, batch_rows=250, flush_interval_s=0.05)
+        for i in range(10):
+            feeder.add(*batch_of(100, seed=i))
+            await asyncio.sleep(0)
+        feeder.add_type_error("age")
+        await feeder.flush()
+        assert feeder.stats() == {"buffered": 0, "sent": 1000, "dropped": 0}
+        return sink
+
+    sink = asyncio.run(run())
+    assert sum(b["rows"] for b in sink.batches) == 1000
+    assert sum(len(b["feed"]["age"]) for b in sink.batches) == 1000
+    assert sum(b["type_errors"].get("age", 0) for b in sink.batches) == 1
+    assert len(sink.batches) < 10  # batched, not one send per request
+
+
+def test_a_dead_actor_costs_rows_not_predictions() -> None:
+    async def run() -> DriftFeeder:
+        feeder = DriftFeeder(Sink(fail=True), batch_rows=100, flush_interval_s=0.01)
+        for i in range(20):
+            t0 = time.perf_counter()
+            feeder.add(*batch_of(50, seed=i))  # what a request does: returns at once
+            assert time.perf_counter() - t0 < 0.5
+            await asyncio.sleep(0.005)
+        await feeder.flush()
+        return feeder
+
+    feeder = asyncio.run(run())
+    assert feeder.stats() == {"buffered": 0, "sent": 0, "dropped": 1000}
+
+
+def test_a_slow_actor_backs_up_a_bounded_buffer() -> None:
+    async def run() -> DriftFeeder:
+        feeder = DriftFeeder(
+            Sink(delay_s=10), batch_rows=100, flush_interval_s=0.01, max_buffer_rows=500,
+            send_timeout_s=0.3,
+        )  # fmt: skip
+        for i in range(30):
+            feeder.add(*batch_of(50, seed=i))
+            await asyncio.sleep(0.001)
+        assert feeder.rows <= 500  # never more than max_buffer_rows held
+        await feeder.flush()
+        return feeder
+
+    feeder = asyncio.run(run())
+    s = feeder.stats()
+    assert s["sent"] == 0 and s["dropped"] == 1500 and s["buffered"] == 0
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    d = tmp_path / "bundle"
+    d.mkdir()
+    df = datagen.generate(20000, seed=1)
+    profile = profile_of_frame(df, NUMERIC, CATEGORICAL, scores=np.full(len(df), 0.3))
+    (d / "reference_profile.json").write_text(json.dumps(profile))
+    return d
+
+
+def actor(bundle: Path, tmp_path: Path) -> DriftActor:
+    return DriftActor(
+        "churn", 3, "control", {"window_rows": 2000, "checkpoint_s": 0.1},
+        str(tmp_path / "state"), str(tmp_path / "events.jsonl"),
+        loader=lambda model, version, uri: bundle,
+    )  # fmt: skip
+
+
+def test_actor_restart_resumes_from_its_saved_state(bundle: Path, tmp_path: Path) -> None:
+    async def feed(a: DriftActor, n: int, seed: int, scenario: str = "none") -> None:
+        feed_, scores = batch_of(n, seed, scenario)
+        await a.ingest({"feed": feed_, "scores": scores, "type_errors": {}})
+
+    first = actor(bundle, tmp_path)
+    asyncio.run(feed(first, 2000, 1))  # closes window 1 (saved at once)
+    asyncio.run(feed(first, 700, 2))  # open window: saved by the periodic checkpoint
+    first.save()
+    before = asyncio.run(first.status())
+
+    second = actor(bundle, tmp_path)  # what Serve does after the replica died
+    after = asyncio.run(second.status())
+    assert second.restored_from == {"rows": 2700, "windows": 1}
+    assert after["rows"] == before["rows"] == 2700 and after["open_window_rows"] == 700
+    assert after["features"] == before["features"]
+    asyncio.run(feed(second, 1300, 3, "category_mix"))  # the open window fills up and closes
+    assert second.monitor.windows == 2 and second.monitor.last["rows"] == 2000  # type: ignore[index]
+
+
+def test_actor_raises_drift_events(bundle: Path, tmp_path: Path) -> None:
+    a = actor(bundle, tmp_path)
+    feed_, scores = batch_of(2000, 5, "unseen_categories")
+    asyncio.run(a.ingest({"feed": feed_, "scores": scores, "type_errors": {}}))
+    events = EventLog(tmp_path / "events.jsonl").read()
+    assert [e["kind"] for e in events] == ["drift_started"]
+    assert events[0]["features"] == ["country"] and events[0]["variant"] == "control"
+    status = asyncio.run(a.status())
+    assert status["drifted"] and status["features"]["country"]["since"] is not None
+    assert status["features"]["country"]["quality_flags"] == ["unseen_categories"]
+
+
+def test_unreadable_state_is_set_aside_not_fatal(bundle: Path, tmp_path: Path) -> None:
+    path = tmp_path / "state" / "drift" / "control-v3.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    a = actor(bundle, tmp_path)
+    assert a.restored_from is None and a.monitor.total_rows == 0
+    assert (path.parent / "control-v3.unreadable.json").exists()
