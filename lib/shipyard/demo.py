@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from shipyard import datagen
+from shipyard.events import EventLog
 from shipyard.lineage import git_env
 from shipyard.localray import LocalCluster, ray_env
 from shipyard.registry import HOME_ENV, Registry, resolve_tracking_uri
@@ -139,9 +140,11 @@ def _get(url: str) -> dict[str, Any]:
         return out
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def _post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
     req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
     with urllib.request.urlopen(req, timeout=30) as r:
         out: dict[str, Any] = json.loads(r.read())
@@ -176,6 +179,37 @@ def send_traffic(url: str, data_dir: Path, users: int = 1500, per_user: int = 2)
     with cf.ThreadPoolExecutor(8) as pool:
         served = list(pool.map(one, range(users * per_user)))
     return {v: served.count(v) for v in sorted(set(served))}
+
+
+def send_drifted(url: str, rows: int, scenario: str = "covariate_shift") -> None:
+    """`rows` records from a drift scenario, 100 per request, to the control variant."""
+    frame = datagen.generate(rows, seed=7, scenario=scenario)
+    records = json.loads(frame.drop(columns=["ts"]).to_json(orient="records"))
+    chunks = [records[i : i + 100] for i in range(0, len(records), 100)]
+    with cf.ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda c: _post(
+                    f"{url}/predict", {"instances": c}, {"X-Shipyard-Variant": "control"}
+                ),
+                chunks,
+            )
+        )
+
+
+def drift_summary(status: dict[str, Any]) -> str:
+    lines = [
+        f"drift (GET /drift) — control v{status['model_version']}: "
+        f"{'DRIFTED ' + str(status['drifting']) if status['drifted'] else 'no drift'}, "
+        f"{status['windows']} windows, last of {status['last_window']['rows']} rows"
+    ]
+    for name, f in sorted(status["features"].items(), key=lambda kv: -kv[1]["psi"]):
+        if f["drifted"] or f["psi"] >= 0.01:
+            lines.append(
+                f"  {name:16s} PSI {f['psi']:.3f}  JS {f['js']:.3f}  p_adj {f['p_adjusted']:.2g}"
+                f"  {'DRIFTED' if f['drifted'] else 'ok'} {' '.join(f['quality_flags'])}"
+            )
+    return "\n".join(lines)
 
 
 def ab_summary(report: dict[str, Any]) -> str:
@@ -286,8 +320,28 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{v['variant']} {v['weight']:g}" for v in live)
             + ("; no replica restarted" if same else "; replicas were restarted")
         )
+        window = _get(f"{url}/drift")["variants"]["control"]["settings"]["window_rows"]
         print(
-            f"\nTry it:\n  curl -s {url}/variants\n  curl -s {url}/ab"
+            f"\nsending {2 * window} drifted records to control (scenario covariate_shift: "
+            "income and sessions_30d up ~1 sd) ...",
+            flush=True,
+        )
+        send_drifted(url, 2 * window)
+        deadline, status = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            status = _get(f"{url}/drift")["variants"]["control"]
+            if status.get("windows", 0) >= 2 and status.get("drifted"):
+                break
+            time.sleep(1)
+        print(drift_summary(status))
+        for e in EventLog(home / "events.jsonl").read():
+            if e["kind"] == "drift_started":
+                print(
+                    f"alert: {e['kind']} {e['model']} v{e['version']} {e['variant']} {e['features']}"
+                )
+        print(
+            f"\nTry it:\n  curl -s {url}/variants\n  curl -s {url}/ab\n  curl -s {url}/drift"
+            f"\n  open {url}/drift/control/report"
             f"\n  curl -s -X PUT {url}/variants -H 'Authorization: Bearer {token}'"
             ' -d \'{"weights": {"treatment": 50}}\''
         )
