@@ -1,11 +1,13 @@
 """The training job through the real `ray job submit` CLI, a real local Ray and a real MLflow store."""
 
+import concurrent.futures as cf
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import xgboost as xgb
 
 from shipyard import datagen
@@ -89,12 +91,28 @@ def test_checkpoints_and_events(trained: dict[str, Any], registry: Any, home: Pa
     assert kinds == ["run_started", "version_registered", "run_finished"]
 
 
+@pytest.fixture(scope="module")
+def later_runs(
+    trained: dict[str, Any], cluster: Any, job_env: dict[str, str], registry: Any
+) -> dict[str, Any]:
+    """Two more runs at once: a second candidate through `ray job submit` and one that fails
+    its gates (a plain driver). Most of a job is start-up and waiting, which overlaps."""
+    cfg = str(trained["config"])
+    aliases = registry.aliases(MODEL)
+    with cf.ThreadPoolExecutor(2) as pool:
+        second = pool.submit(
+            submit, cluster, job_env, ["--config", cfg, "--set", "train.params.eta=0.3"]
+        )
+        gated = pool.submit(
+            run_job, cluster, job_env, ["--config", cfg, "--set", "gates.baseline_margin=0.5"]
+        )
+        return {"second": second.result(), "gated": gated.result(), "aliases_before": aliases}
+
+
 def test_second_run_is_challenger_and_compared_to_champion(
-    trained: dict[str, Any], cluster: Any, job_env: dict[str, str], registry: Any, home: Path
+    later_runs: dict[str, Any], registry: Any, home: Path
 ) -> None:
-    proc = submit(
-        cluster, job_env, ["--config", str(trained["config"]), "--set", "train.params.eta=0.3"]
-    )
+    proc = later_runs["second"]
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert registry.aliases(MODEL) == {CHAMPION: 1, CHALLENGER: 2}
     ev = json.loads((registry.download(MODEL, 2, home / "dl-2") / "evaluation.json").read_text())
@@ -103,20 +121,18 @@ def test_second_run_is_challenger_and_compared_to_champion(
 
 
 def test_failed_gate_is_tracked_and_registers_nothing(
-    trained: dict[str, Any], cluster: Any, job_env: dict[str, str], registry: Any, home: Path
+    later_runs: dict[str, Any], registry: Any, home: Path
 ) -> None:
-    before = sorted(int(v.version) for v in registry.versions(MODEL))
-    aliases = registry.aliases(MODEL)
-    proc = run_job(
-        cluster, job_env, ["--config", str(trained["config"]), "--set", "gates.baseline_margin=0.5"]
-    )
+    proc = later_runs["gated"]
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "gates.baseline_margin=0.5" in proc.stderr
-    assert sorted(int(v.version) for v in registry.versions(MODEL)) == before
-    assert registry.aliases(MODEL) == aliases
     runs = registry.client.search_runs(
         [registry.client.get_experiment_by_name(f"shipyard/{MODEL}").experiment_id],
         "tags.`shipyard.status` = 'gates_failed'",
     )
     assert len(runs) == 1 and "baseline_margin" in runs[0].data.tags["shipyard.gates"]
+    # No version from the failed run; the champion stays (the concurrent second run moved only
+    # the challenger alias, to its own version).
+    assert runs[0].info.run_id not in {v.run_id for v in registry.versions(MODEL)}
+    assert registry.aliases(MODEL)[CHAMPION] == later_runs["aliases_before"][CHAMPION] == 1
     assert any(e["kind"] == "gate_failed" for e in EventLog(home / "events.jsonl").read())
