@@ -154,14 +154,27 @@ def study_dir(cfg: TuneJobConfig) -> tuple[str, str]:
     return storage, cfg.tune.name or f"{cfg.model.name}-tune"
 
 
+def make_searcher(t: Any) -> Any:
+    """The search algorithm, with `tune.max_concurrent_trials` built in. Tune 2.60 ignores
+    `TuneConfig(max_concurrent_trials=...)` (a warning only) when the search algorithm is a
+    BasicVariantGenerator, so the limit has to be the generator's own."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    if t.searcher == "optuna":
+        searcher: Any = OptunaSearch(seed=t.seed)
+        if t.max_concurrent_trials:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent_trials)
+        return searcher
+    return BasicVariantGenerator(random_state=t.seed, max_concurrent=t.max_concurrent_trials or 0)
+
+
 def run_study(
     cfg: TuneJobConfig, arrays: dict[str, Any], n_classes: int = 0, resume: bool = False
 ) -> Any:
     """Run (or resume) the Tune study; returns Tune's ResultGrid."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     t = cfg.tune
     metric, mode, metric_name = TUNE_METRIC[cfg.data.task]
@@ -196,12 +209,6 @@ def run_study(
         )
     else:
         scheduler = FIFOScheduler()
-    if t.searcher == "optuna":
-        searcher: Any = OptunaSearch(seed=t.seed)
-        if t.max_concurrent_trials:
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=t.max_concurrent_trials)
-    else:
-        searcher = BasicVariantGenerator(random_state=t.seed)
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(t.space),
@@ -210,8 +217,7 @@ def run_study(
             mode=mode,
             num_samples=t.num_samples,
             scheduler=scheduler,
-            search_alg=searcher,
-            max_concurrent_trials=t.max_concurrent_trials,
+            search_alg=make_searcher(t),  # it carries the concurrency limit
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -92,3 +92,15 @@ def test_finished_study_keeps_only_each_trials_newest_checkpoint(tmp_path: Path)
     for trial in ("t1", "t2"):
         left = sorted(p.name for p in (tmp_path / trial).iterdir())
         assert left == ["checkpoint_000002", "result.json"]
+
+
+@pytest.mark.parametrize("searcher", ["random", "optuna"])
+def test_searchers_carry_the_concurrency_limit(searcher: str) -> None:
+    """Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator (a warning
+    only): the limit must be the search algorithm's own."""
+    from jobs.tune import make_searcher
+    from shipyard.config import TuneSection
+
+    alg = make_searcher(TuneSection(searcher=searcher, max_concurrent_trials=2))
+    assert alg.max_concurrent == 2
+    assert make_searcher(TuneSection(searcher="random")).max_concurrent == 0  # unlimited
