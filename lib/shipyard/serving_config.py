@@ -202,23 +202,13 @@ class DriftSection(_Strict):
     )
 
     def settings(self) -> Any:
+        """The statistics' part of this section, as `shipyard.drift.DriftSettings`."""
+        import dataclasses
+
         from shipyard.drift import DriftSettings
 
-        return DriftSettings(
-            window_rows=self.window_rows,
-            window_seconds=self.window_seconds,
-            min_rows=self.min_rows,
-            alpha=self.alpha,
-            correction=self.correction,
-            effect=self.effect,
-            psi_threshold=self.psi_threshold,
-            js_threshold=self.js_threshold,
-            missing_rate_increase=self.missing_rate_increase,
-            unseen_rate=self.unseen_rate,
-            out_of_range_rate=self.out_of_range_rate,
-            type_error_rate=self.type_error_rate,
-            resolve_after=self.resolve_after,
-        )
+        names = {f.name for f in dataclasses.fields(DriftSettings)}
+        return DriftSettings(**self.model_dump(include=names))
 
 
 class ServingConfig(_Strict):

@@ -107,3 +107,15 @@ def test_bad_records_name_the_field(record: Any, message: str) -> None:
 
 def test_integer_categories_read_as_strings() -> None:
     assert SCHEMA.validate_records([{"age": 1, "country": 7}])["country"][0, 0] == "7"
+
+
+def test_drift_section_maps_onto_the_statistics_settings() -> None:
+    import dataclasses
+
+    from shipyard.drift import DriftSettings
+    from shipyard.serving_config import DriftSection
+
+    assert {f.name for f in dataclasses.fields(DriftSettings)} <= set(DriftSection.model_fields)
+    s = DriftSection(window_rows=123, correction="bh", psi_threshold=0.05).settings()
+    assert (s.window_rows, s.correction, s.psi_threshold) == (123, "bh", 0.05)
+    assert DriftSection().settings() == DriftSettings()  # one set of defaults
