@@ -24,6 +24,7 @@ from shipyard.errors import InvalidInput
 from shipyard.onnx_model import OnnxPredictor
 from shipyard.registry import Registry
 from shipyard.schema import InputSchema
+from shipyard.serving_config import DriftSection
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +76,12 @@ class VariantModel:
         self.faults = faults or {}
         self.feeder: DriftFeeder | None = None
         if drift is not None:  # the variant's drift actor: fed off the request path
-            c = drift_config or {}
+            c = DriftSection.model_validate(drift_config or {})
             self.feeder = DriftFeeder(
                 lambda batch: drift.ingest.remote(batch),
-                batch_rows=c.get("batch_rows", 1000),
-                flush_interval_s=c.get("flush_interval_s", 1.0),
-                max_buffer_rows=c.get("max_buffer_rows", 50_000),
+                batch_rows=c.batch_rows,
+                flush_interval_s=c.flush_interval_s,
+                max_buffer_rows=c.max_buffer_rows,
             )
         self.loaded_at = time.time()
         logger.info("variant %s loaded %s v%d from %s", variant, model, version, bundle)
