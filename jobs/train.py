@@ -44,6 +44,7 @@ from shipyard.onnx_model import (
 )
 from shipyard.profile import NumericCounts, quantile_edges, reference_profile
 from shipyard.registry import CHALLENGER, CHAMPION, MODEL_DIR, Registry, shipyard_home
+from shipyard.retrain import TRIGGER_ENV
 from shipyard.schema import InputSchema
 
 logger = logging.getLogger("jobs.train")
@@ -240,6 +241,7 @@ def _train_and_register(
         "git": git,
         "data": {"path": cfg.data.path, **prep.fingerprint},
         "champion_at_training": champion["version"] if champion else None,
+        "trigger": _trigger(),
         "config": cfg.model_dump(mode="json"),
         "versions": {
             "shipyard": shipyard.__version__,
@@ -315,6 +317,18 @@ def _train_and_register(
         **{primary: metrics[primary]},
     )
     return TrainReport(run_id, version, aliases, [], evaluation)
+
+
+def _trigger() -> dict[str, Any]:
+    """Why this run exists: a drift retraining request (set by the serving app) or a person."""
+    raw = os.environ.get(TRIGGER_ENV)
+    if not raw:
+        return {"kind": "manual"}
+    try:
+        out: dict[str, Any] = json.loads(raw)
+        return out
+    except ValueError:
+        return {"kind": "unparsable", "raw": raw[:500]}
 
 
 def exit_on(err: ShipyardError) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -16,9 +17,11 @@ from ray.serve import Application
 
 from serving.drift import DriftActor
 from serving.model import VariantModel
+from serving.retrain import RetrainCoordinator
 from serving.router import Router
 from serving.store import ExperimentStore
 from shipyard.registry import Registry, resolve_tracking_uri, shipyard_home
+from shipyard.retrain import resolve_job_config
 from shipyard.serving_config import ServingConfig, Variant, load_serving_args, safe_name
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,10 @@ def _scaling(v: Variant) -> dict[str, Any]:
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder for `serve run` / `serve deploy` (args: config=FILE or inline)."""
     cfg = load_serving_args(args)
+    if cfg.on_drift == "retrain" and cfg.retrain.job_config:  # refuse a missing file now
+        import jobs
+
+        resolve_job_config(cfg.retrain.job_config, Path(jobs.__file__).resolve().parents[1])
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
     versions = resolve_versions(cfg, Registry(tracking_uri))
     home = shipyard_home()
@@ -61,6 +68,14 @@ def build_app(args: dict[str, Any]) -> Application:
     store = serve.deployment(name="experiment", num_replicas=1, ray_actor_options={"num_cpus": 0})(
         ExperimentStore
     ).bind(config, versions, tracking_uri, state_dir, str(home / "events.jsonl"))
+    retrain = None
+    if cfg.on_drift == "retrain":
+        retrain = serve.deployment(
+            name="retrain",
+            num_replicas=1,
+            ray_actor_options={"num_cpus": 0},
+            health_check_period_s=5,
+        )(RetrainCoordinator).bind(config, versions, state_dir, str(home / "events.jsonl"), store)
     drifts = {
         v.name: serve.deployment(
             name=f"drift-{v.name}", num_replicas=1, ray_actor_options={"num_cpus": 0}
@@ -72,6 +87,10 @@ def build_app(args: dict[str, Any]) -> Application:
             state_dir,
             str(home / "events.jsonl"),
             tracking_uri,
+            None,
+            retrain,
+            config["performance"],
+            config["review"],
         )
         for v in cfg.variants
         if cfg.drift.enabled
@@ -103,4 +122,4 @@ def build_app(args: dict[str, Any]) -> Application:
         user_config=cfg.traffic(),
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,
-    )(Router).bind(config, versions, models, store, drifts)
+    )(Router).bind(config, versions, models, store, drifts, retrain)

@@ -29,6 +29,9 @@ import numpy as np
 
 from shipyard.drift import PREDICTION, DriftMonitor, Reference
 from shipyard.events import EventLog
+from shipyard.performance import PerformanceMonitor
+from shipyard.retrain import drift_kinds
+from shipyard.review import ReviewSampler, queue_path
 
 logger = logging.getLogger(__name__)
 
@@ -156,18 +159,35 @@ class DriftActor:
         events_path: str,
         tracking_uri: str | None = None,
         loader: Callable[[str, int, str | None], Path] | None = None,
+        retrain: Any = None,
+        performance: dict[str, Any] | None = None,
+        review: dict[str, Any] | None = None,
     ) -> None:
         from serving.model import registry_loader
-        from shipyard.serving_config import DriftSection
+        from shipyard.serving_config import DriftSection, PerformanceSection, ReviewSection
 
         section = DriftSection.model_validate(drift)
         bundle = (loader or registry_loader)(model, version, tracking_uri)
         profile = json.loads((bundle / "reference_profile.json").read_text())
+        evaluation = json.loads((bundle / "evaluation.json").read_text())
         self.model, self.version, self.variant = model, int(version), variant
         self.monitor = DriftMonitor(Reference.from_profile(profile), section.settings())
+        perf = PerformanceSection.model_validate(performance or {})
+        self.performance = (
+            PerformanceMonitor(evaluation["task"], evaluation["metrics"], perf.window,
+                               perf.min_outcomes, perf.max_drop, perf.alpha)
+            if perf.outcome_is_label else None
+        )  # fmt: skip
+        rv = ReviewSection.model_validate(review or {})
+        self.review = (
+            ReviewSampler(queue_path(state_dir, self.version), rv.band, rv.sample_rate, rv.max_rows)
+            if rv.enabled and evaluation["task"] == "binary" else None
+        )  # fmt: skip
         self.checkpoint_s = section.checkpoint_s
         self.state_path = Path(state_dir) / "drift" / f"{variant}-v{self.version}.json"
         self.events = EventLog(events_path)
+        self.retrain = retrain  # the retraining coordinator (on_drift: retrain), told of drifts
+        self._notices: set[asyncio.Task[None]] = set()
         self.restored_from: dict[str, Any] | None = None
         self.dropped: dict[str, int] = {}  # replica -> rows it could not deliver (cumulative)
         self._restore()
@@ -184,6 +204,8 @@ class DriftActor:
             state = json.loads(self.state_path.read_text())
             self.monitor.restore(state["monitor"])
             self.dropped = {str(k): int(v) for k, v in state.get("dropped", {}).items()}
+            if self.performance is not None and state.get("performance"):
+                self.performance.restore(state["performance"])
         except (OSError, ValueError, KeyError) as err:  # keep the file for a person to look at
             bad = self.state_path.with_suffix(".unreadable.json")
             os.replace(self.state_path, bad)
@@ -195,7 +217,8 @@ class DriftActor:
     def save(self) -> None:
         state = {"model": self.model, "version": self.version, "variant": self.variant,
                  "saved_at": time.time(), "monitor": self.monitor.state(),
-                 "dropped": self.dropped}  # fmt: skip
+                 "dropped": self.dropped,
+                 "performance": self.performance.state() if self.performance else None}  # fmt: skip
         _write_atomic(self.state_path, json.dumps(state, default=float))
         self._dirty = False
         self._saved_at = time.monotonic()
@@ -241,12 +264,33 @@ class DriftActor:
     def _emit(self, events: list[dict[str, Any]]) -> None:
         for e in events:
             kind = e.pop("kind")
+            if kind == "drift_started" and self.retrain is not None:
+                self._notify_retrain(e)
+            if kind == "performance_drift_started" and self.retrain is not None:
+                self._notify_retrain({"window": None, "features": ["__performance__"],
+                                      "kinds": {"performance": [e["metric"]]}})  # fmt: skip
             self.events.emit(
                 kind, model=self.model, version=self.version, variant=self.variant, **e
             )
             logger.warning("%s: %s v%d %s %s", kind, self.model, self.version, self.variant, e)
         if events:
             self._export()
+
+    def _notify_retrain(self, event: dict[str, Any]) -> None:
+        trigger = {"variant": self.variant, "version": self.version, "window": event["window"],
+                   "kinds": event.get("kinds") or drift_kinds(event),
+                   "features": event["features"]}  # fmt: skip
+
+        async def tell() -> None:
+            try:
+                answer = await self.retrain.on_drift.remote(trigger)
+                logger.info("retrain coordinator on %s drift: %s", self.variant, answer)
+            except Exception:  # advisory: the drift alert has gone out either way
+                logger.exception("could not reach the retrain coordinator")
+
+        task = asyncio.get_running_loop().create_task(tell())
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
 
     def _ensure_ticker(self) -> None:
         if self._tick_task is None or self._tick_task.done():
@@ -270,19 +314,39 @@ class DriftActor:
         )
         self._dirty = True
         self._emit(events)
+        scores = batch.get("scores")
+        if self.review is not None and scores is not None and len(scores):
+            try:
+                self.review.offer(batch["feed"], scores, self.variant, self.version)
+            except OSError as err:  # the queue is advisory: drift counting goes on
+                logger.warning("review queue %s: %s", self.review.path, err)
         if self.monitor.windows != windows:  # a window closed: save now, export the verdict
             self.save()
             self._export()
         return {"rows": self.monitor.total_rows, "windows": self.monitor.windows}
 
+    async def outcome(self, prediction: float, outcome: float) -> None:
+        """A /feedback outcome joined to this variant's prediction (performance drift)."""
+        self._ensure_ticker()
+        if self.performance is not None:
+            self._emit(self.performance.add(prediction, outcome, time.time()))
+            self._dirty = True
+
     async def status(self) -> dict[str, Any]:
+        status = self.monitor.status()
+        perf = self.performance.judge() if self.performance is not None else None
         return {
             "model": self.model,
             "model_version": self.version,
             "variant": self.variant,
             "restored_from": self.restored_from,
             "dropped_rows": sum(self.dropped.values()),
-            **self.monitor.status(),
+            **status,
+            "drifted": bool(status["drifted"] or (perf and perf["drifted"])),
+            "performance": perf,
+            "review": None
+            if self.review is None
+            else {"queue": str(self.review.path), "queued": self.review.queued},
         }
 
     async def report_data(self) -> dict[str, Any]:

@@ -81,8 +81,10 @@ class Router:
         models: dict[str, Any],
         store: Any,
         drifts: dict[str, Any] | None = None,
+        retrain: Any = None,
     ) -> None:
         self.cfg = ServingConfig.model_validate(config)
+        self.retrain = retrain
         self.versions = versions
         self.models = models
         self.store = store
@@ -379,6 +381,7 @@ class Router:
         task = asyncio.get_running_loop().create_task(run())
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     @api.post("/explain")
     async def explain(self, request: Request) -> JSONResponse:
@@ -428,7 +431,21 @@ class Router:
             return _error(err.status, err.detail)
         if "error" in answer:
             return _error(answer["status"], answer["error"])
-        return JSONResponse(answer["ok"], status_code=200 if answer["ok"]["joined"] else 202)
+        ok = answer["ok"]
+        if ok["joined"] and self.cfg.performance.outcome_is_label and ok["variant"] in self.drifts:
+            self._tell_drift(ok["variant"], ok["prediction"], float(outcome))
+        return JSONResponse(ok, status_code=200 if ok["joined"] else 202)
+
+    def _tell_drift(self, variant: str, prediction: Any, outcome: float) -> None:
+        """Performance drift: the labelled prediction goes to the variant's drift actor, off the
+        request path (a slow or dead actor loses the pair, never the /feedback answer)."""
+        if prediction is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            _awaitable(self.drifts[variant].outcome.remote(float(prediction), outcome))
+        )
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
 
     @api.get("/ab")
     async def ab(self) -> JSONResponse:
@@ -560,6 +577,41 @@ class Router:
             logger.warning("drift report of %s unavailable: %s", variant, err)
             return _error(503, f"drift actor of {variant!r} unavailable; retry shortly")
         return HTMLResponse(render_html(data))
+
+    @api.get("/retrain")
+    async def retrain_requests(self) -> JSONResponse:
+        """Retraining requests (newest first) and the policy they follow."""
+        if self.retrain is None:
+            return JSONResponse({"model": self.cfg.model, "on_drift": "alert", "requests": []})
+        return JSONResponse(await _awaitable(self.retrain.report.remote()))
+
+    @api.post("/retrain/{request_id}/{action}")
+    async def retrain_decide(self, request_id: str, action: str, request: Request) -> JSONResponse:
+        """A person's decision on a retrained version: approve (it joins live traffic as a
+        canary) or reject. Admin route."""
+        try:
+            self._admin(request)
+            if action not in ("approve", "reject"):
+                raise ClientError(404, f"unknown action {action!r}; accepted: approve, reject")
+            if self.retrain is None:
+                raise ClientError(404, "retraining is off (on_drift: alert)")
+            raw = await request.body()
+            body = await self._json_body(request) if raw.strip() else {}
+            if not isinstance(body, dict) or set(body) - {"by", "reason"}:
+                raise ClientError(422, "body: an object with optional 'by' and 'reason' strings")
+            by, reason = body.get("by", "admin"), body.get("reason", "")
+            if not isinstance(by, str) or not by or not isinstance(reason, str):
+                raise ClientError(422, "by and reason must be strings (by non-empty)")
+            if action == "reject" and not reason:
+                raise ClientError(422, "reason: say why the version is rejected")
+            method = self.retrain.approve if action == "approve" else self.retrain.reject
+            args = (request_id, by) if action == "approve" else (request_id, by, reason)
+            answer = await _awaitable(method.remote(*args))
+        except ClientError as err:
+            return _error(err.status, err.detail)
+        if "error" in answer:
+            return _error(answer["status"], answer["error"])
+        return JSONResponse(answer["ok"])
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:

@@ -352,7 +352,12 @@ def reference_markdown(model: type[BaseModel] = TrainJobConfig, prefix: str = ""
                 walk(ann, f"{prefix}{name}.")
                 continue
             args = getattr(ann, "__args__", ())
-            if getattr(ann, "__origin__", None) is list and args and issubclass(args[0], BaseModel):
+            if (
+                getattr(ann, "__origin__", None) is list
+                and args
+                and isinstance(args[0], type)
+                and issubclass(args[0], BaseModel)
+            ):
                 walk(args[0], f"{prefix}{name}[].")  # a list of sections: document the item
                 continue
             if field.is_required():

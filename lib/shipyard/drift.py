@@ -641,4 +641,5 @@ class DriftMonitor:
 
 def _score(verdict: dict[str, Any], name: str) -> dict[str, Any]:
     r = verdict["prediction"] if name == PREDICTION else verdict["features"][name]
-    return {"psi": r["psi"], "p_adjusted": r["p_adjusted"], "flags": r["quality_flags"]}
+    return {"psi": r["psi"], "p_adjusted": r["p_adjusted"], "flags": r["quality_flags"],
+            "distribution": r["distribution_drift"]}  # fmt: skip

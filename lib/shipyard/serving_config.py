@@ -17,6 +17,8 @@ from shipyard.config import _Strict, load_yaml, parse_config
 from shipyard.errors import ConfigError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,39}$"
+Trigger = Literal["features", "prediction", "quality", "performance"]
+DRIFT_ACTOR_TRIGGERS = {"features", "prediction", "quality"}
 
 
 class Autoscaling(_Strict):
@@ -211,6 +213,90 @@ class DriftSection(_Strict):
         return DriftSettings(**self.model_dump(include=names))
 
 
+class ReviewSection(_Strict):
+    """Review queue: uncertain predictions sampled for a person to label (binary models)."""
+
+    enabled: bool = Field(True, description="Sample near-threshold predictions into the queue.")
+    band: float = Field(
+        0.05,
+        gt=0.0,
+        le=0.5,
+        description="A prediction is near the threshold when |probability - 0.5| <= band.",
+    )
+    sample_rate: float = Field(
+        0.05, gt=0.0, le=1.0, description="Share of near-threshold predictions queued."
+    )
+    max_rows: PositiveInt = Field(
+        10_000, description="Unlabelled rows the queue holds; beyond this, sampling pauses."
+    )
+
+
+class PerformanceSection(_Strict):
+    """Performance drift: /feedback outcomes scored as labels against the evaluation report."""
+
+    outcome_is_label: bool = Field(
+        False,
+        description="Set true when /feedback outcomes are the model's label (e.g. churned 0/1): "
+        "the rolling metric is then compared with the version's evaluation report. Off when "
+        "outcomes are a business metric unrelated to the label (conversion, revenue).",
+    )
+    window: PositiveInt = Field(1000, description="Labelled predictions in the rolling window.")
+    min_outcomes: PositiveInt = Field(
+        200, description="Labelled predictions (with both classes) before the metric is judged."
+    )
+    max_drop: NonNegativeFloat = Field(
+        0.05,
+        description="Drift when the rolling metric is worse than the evaluation report's by at "
+        "least this (AUC for binary, RMSE relative to the reference for regression)...",
+    )
+    alpha: float = Field(
+        0.01, gt=0.0, lt=0.5, description="...and the drop is significant (one-sided) at alpha."
+    )
+
+
+class RetrainSection(_Strict):
+    """What `on_drift: retrain` submits, and how its version reaches live traffic."""
+
+    job_config: str | None = Field(
+        None,
+        description="Training job config (YAML) the job runs with: absolute, relative to the "
+        "working directory, or to the installed project (jobs/configs/demo.yaml).",
+    )
+    data: str | None = Field(
+        None, description="Fresh data for the job (its data.path); the job config's if unset."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Job config overrides (`--set KEY=VALUE`), e.g. {train.num_workers: 4}.",
+    )
+    address: str | None = Field(
+        None,
+        description="Ray job submission address (http://HEAD:8265); the cluster serving runs "
+        "on if unset.",
+    )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="Runtime environment of the job (Ray's format)."
+    )
+    require_approval: bool = Field(
+        True,
+        description="A person approves (POST /retrain/<id>/approve or `shipyard retrain "
+        "approve`) before the new version takes any live traffic.",
+    )
+    canary_weight: PositiveFloat = Field(
+        5.0, description="Weight the approved version joins with, as a new variant."
+    )
+    cooldown_s: NonNegativeFloat = Field(
+        3600.0, description="Least time between two retraining jobs."
+    )
+    triggers: list[Trigger] = Field(
+        default_factory=lambda: list[Trigger](["features", "prediction", "performance"]),
+        description="Drift kinds that retrain: features (input distributions), prediction "
+        "(output distribution), quality (missing, unseen, type errors: usually an upstream "
+        "bug, so alert only by default), performance (from /feedback).",
+    )
+    poll_s: PositiveFloat = Field(5.0, description="How often the job's status is checked.")
+
+
 class ServingConfig(_Strict):
     model: str = Field(description="Registered model name.", min_length=1)
     variants: list[Variant] = Field(description="Live and shadow variants.", min_length=1)
@@ -239,6 +325,20 @@ class ServingConfig(_Strict):
     drift: DriftSection = Field(
         default_factory=DriftSection, description="Drift actors (inputs and outputs)."
     )
+    performance: PerformanceSection = Field(
+        default_factory=PerformanceSection, description="Performance drift from /feedback."
+    )
+    review: ReviewSection = Field(
+        default_factory=ReviewSection, description="Review queue of uncertain predictions."
+    )
+    on_drift: Literal["alert", "retrain"] = Field(
+        "alert",
+        description="alert: events, webhook and gauges only. retrain: also submit a training "
+        "job (see retrain), whose version joins live traffic as a canary once approved.",
+    )
+    retrain: RetrainSection = Field(
+        default_factory=RetrainSection, description="Retraining on drift (on_drift: retrain)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingConfig:
@@ -253,6 +353,17 @@ class ServingConfig(_Strict):
                 raise ValueError(f"control {self.control!r} is not a variant; variants: {names}")
             if self.variant(self.control).shadow > 0:
                 raise ValueError(f"control {self.control!r} is a shadow variant")
+        if self.on_drift == "retrain":
+            if self.retrain.job_config is None:
+                raise ValueError(
+                    "on_drift is 'retrain' but retrain.job_config is unset: name the training "
+                    "job config (e.g. jobs/configs/demo.yaml), or set on_drift: alert"
+                )
+            if not self.drift.enabled and set(self.retrain.triggers) <= DRIFT_ACTOR_TRIGGERS:
+                raise ValueError(
+                    "on_drift is 'retrain' but drift.enabled is false and retrain.triggers "
+                    f"{self.retrain.triggers} all come from the drift actors"
+                )
         return self
 
     def variant(self, name: str) -> Variant:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from serving.drift import DriftActor, DriftFeeder
@@ -95,15 +96,89 @@ def bundle(tmp_path: Path) -> Path:
     df = datagen.generate(20000, seed=1)
     profile = profile_of_frame(df, NUMERIC, CATEGORICAL, scores=np.full(len(df), 0.3))
     (d / "reference_profile.json").write_text(json.dumps(profile))
+    evaluation = {"task": "binary", "primary_metric": "auc", "metrics": {"auc": 0.80}}
+    (d / "evaluation.json").write_text(json.dumps(evaluation))
     return d
 
 
-def actor(bundle: Path, tmp_path: Path) -> DriftActor:
+def actor(bundle: Path, tmp_path: Path, **kwargs: Any) -> DriftActor:
     return DriftActor(
         "churn", 3, "control", {"window_rows": 2000, "checkpoint_s": 0.1},
         str(tmp_path / "state"), str(tmp_path / "events.jsonl"),
-        loader=lambda model, version, uri: bundle,
+        loader=lambda model, version, uri: bundle, **kwargs,
     )  # fmt: skip
+
+
+class Coordinator:
+    """Stands in for the retrain deployment's handle: records what drift actors tell it."""
+
+    def __init__(self) -> None:
+        self.triggers: list[dict[str, Any]] = []
+        self.on_drift = self
+
+    async def _call(self, trigger: dict[str, Any]) -> dict[str, Any]:
+        self.triggers.append(trigger)
+        return {"submitted": True}
+
+    def remote(self, trigger: dict[str, Any]) -> Any:
+        return self._call(trigger)
+
+
+def test_drift_tells_the_retrain_coordinator_what_kind_it_is(bundle: Path, tmp_path: Path) -> None:
+    coordinator = Coordinator()
+    a = actor(bundle, tmp_path, retrain=coordinator)
+
+    async def run() -> None:
+        for scenario, seed in (("covariate_shift", 7), ("unseen_categories", 8)):
+            feed_, scores = batch_of(2000, seed, scenario)
+            await a.ingest({"feed": feed_, "scores": scores, "type_errors": {}})
+        await asyncio.gather(*a._notices)
+
+    asyncio.run(run())
+    first, second = coordinator.triggers
+    assert first["variant"] == "control" and first["version"] == 3
+    assert first["kinds"] == {"features": sorted(datagen.SCENARIOS["covariate_shift"].touched)}
+    assert second["kinds"] == {"quality": ["country"]}  # an unseen category is a data bug
+
+
+def test_labelled_outcomes_raise_performance_drift(bundle: Path, tmp_path: Path) -> None:
+    a = actor(bundle, tmp_path, performance={"outcome_is_label": True, "min_outcomes": 200})
+    rng = np.random.default_rng(0)
+
+    async def run(n: int, informative: bool) -> None:
+        for _ in range(n):
+            y = int(rng.random() < 0.3)
+            p = (0.6 if y else 0.4) + rng.normal(0, 0.1) if informative else rng.random()
+            await a.outcome(float(p), float(y))
+
+    asyncio.run(run(400, informative=True))  # AUC ~0.9, above the 0.80 of the report
+    perf = asyncio.run(a.status())["performance"]
+    assert perf["judged"] and perf["value"] > 0.8 and not perf["drifted"]
+    asyncio.run(run(1000, informative=False))  # the model no longer ranks: AUC ~0.5
+    status = asyncio.run(a.status())
+    assert status["performance"]["drifted"] and status["drifted"]
+    assert status["performance"]["p_value"] < 0.01
+    kinds = [e["kind"] for e in EventLog(tmp_path / "events.jsonl").read()]
+    assert kinds == ["performance_drift_started"]
+    a.save()  # the rolling window survives a restart
+    again = actor(bundle, tmp_path, performance={"outcome_is_label": True})
+    assert asyncio.run(again.status())["performance"]["drifted"]
+
+
+def test_uncertain_predictions_are_sampled_into_the_review_queue(
+    bundle: Path, tmp_path: Path
+) -> None:
+    a = actor(bundle, tmp_path, review={"band": 0.05, "sample_rate": 1.0, "max_rows": 300})
+    feed_, _ = batch_of(1000, 9)
+    scores = np.linspace(0.0, 1.0, 1000)  # 100 of them within 0.05 of 0.5
+    asyncio.run(a.ingest({"feed": feed_, "scores": scores, "type_errors": {}}))
+    queue = pd.read_csv(tmp_path / "state" / "review" / "v3.csv")
+    assert len(queue) == 100 and (abs(queue["score"] - 0.5) <= 0.05).all()
+    assert set(queue.columns) >= {"review_id", "variant", "model_version", "label", *NUMERIC}
+    assert queue["label"].isna().all()
+    for _ in range(5):  # the queue stops at max_rows unlabelled rows
+        asyncio.run(a.ingest({"feed": feed_, "scores": scores, "type_errors": {}}))
+    assert len(pd.read_csv(tmp_path / "state" / "review" / "v3.csv")) == 300
 
 
 def test_actor_restart_resumes_from_its_saved_state(bundle: Path, tmp_path: Path) -> None:
