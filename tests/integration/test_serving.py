@@ -8,9 +8,13 @@ from the session's training run, so the training tests' registry is left as it w
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -23,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+import yaml
 from scipy import stats
 
 from shipyard.routing import Allocation, bucket_of
@@ -123,27 +128,61 @@ def many(fn: Any, args: list[Any], workers: int = 8) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def client(
-    cluster: Any, versions: dict[str, int], home: Path, dataset: Path, job_env: dict[str, str]
+    cluster: Any,
+    versions: dict[str, int],
+    home: Path,
+    dataset: Path,
+    trained: dict[str, Any],
+    job_env: dict[str, str],
 ) -> Iterator[Client]:
+    """The app as Shipyard deploys it: `serve deploy` of a config file (the builder runs on the
+    cluster, which sees the test registry), so a retrain approval can redeploy it the same way."""
     import ray
     from ray import serve
 
-    from serving.app import build_app
-    from shipyard.localray import free_port
+    from shipyard.localray import free_port, ray_env
 
     if not ray.is_initialized():
         ray.init(address=cluster.gcs_address, logging_level="WARNING", log_to_driver=False)
     port = free_port()
     frame = pd.read_parquet(sorted(dataset.glob("*.parquet"))[0]).head(200)
     records = json.loads(frame.drop(columns=["ts"]).to_json(orient="records"))
-    with pytest.MonkeyPatch.context() as mp:  # the builder (this process) sees the test registry
+    config = {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [{"name": "shipyard", "route_prefix": "/",
+                          "import_path": "serving.app:build_app",
+                          "args": app_args(home, **retrain_args(home, dataset))}],
+    }  # fmt: skip
+    path = home / "serve-test.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    subprocess.run([serve_bin, "deploy", str(path), "--address", cluster.address],
+                   env=ray_env(), check=True, capture_output=True, timeout=120)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/healthz", timeout=5).json().get("ok"):
+                break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"the app did not come up: {serve.status()}")
+    with pytest.MonkeyPatch.context() as mp:  # this process sees the test registry and events
         for k, v in job_env.items():
             mp.setenv(k, v)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(app_args(home)), name="shipyard", route_prefix="/")
-        yield Client(f"http://127.0.0.1:{port}", records)
-        serve.delete("shipyard")
-        serve.shutdown()
+        yield Client(url, records)
+    serve.delete("shipyard")
+    serve.shutdown()
+
+
+def retrain_args(home: Path, dataset: Path) -> dict[str, Any]:
+    """on_drift: retrain, with the session's training config on the test data (a short job)."""
+    return {
+        "on_drift": "retrain",
+        "retrain": {"job_config": str(home / "train.yaml"), "data": str(dataset / "*.parquet"),
+                    "overrides": {"train.num_workers": 1, "train.num_boost_round": 40},
+                    "cooldown_s": 86400, "poll_s": 1.0, "canary_weight": 5},
+    }  # fmt: skip
 
 
 def test_split_matches_weights(client: Client) -> None:
@@ -584,7 +623,60 @@ def test_promote_moves_traffic_and_the_champion_alias(
     aliases = registry.aliases(SERVE_MODEL)
     assert aliases["champion"] == versions["treatment"]
     assert aliases["previous_champion"] == versions["control"]
-    assert "challenger" not in aliases
+    assert aliases.get("challenger") != versions["treatment"]  # (a retrained version may be it)
     assert {x.json()["variant"] for x in many(lambda _: client.predict(), list(range(50)))} == {
         "treatment"
     }
+
+
+def test_drift_retrains_and_the_new_version_waits_for_approval(
+    client: Client, registry: Any, cluster: Any
+) -> None:
+    """Runs last: approval redeploys the app. The drift episodes above started exactly one
+    retraining job (one at a time, then a cooldown); its version takes no traffic until a person
+    approves it through the CLI, then it joins as a canary variant."""
+    from ray.job_submission import JobSubmissionClient
+
+    out = client.get("/retrain")
+    assert out["on_drift"] == "retrain" and out["require_approval"] is True
+    (request,) = out["requests"]
+    assert out["skipped_triggers"] >= 1  # later drift episodes did not start more jobs
+    assert set(request["trigger"]["kinds"]) <= {"features", "prediction"}
+    jobs = JobSubmissionClient(cluster.address)
+    assert "jobs.train" in jobs.get_job_info(request["submission_id"]).entrypoint
+    deadline = time.monotonic() + 600
+    while request["status"] in ("submitting", "running") and time.monotonic() < deadline:
+        time.sleep(2)
+        request = client.get("/retrain")["requests"][0]
+    logs = jobs.get_job_logs(request["submission_id"])[-3000:]
+    assert request["status"] == "awaiting_approval", (request, logs)
+    version = request["version"]
+    lineage = json.loads(
+        (registry.download(SERVE_MODEL, version) / "lineage.json").read_text()
+    )  # the version knows why it was trained
+    assert lineage["trigger"]["request"] == request["id"] and lineage["trigger"]["kind"] == "drift"
+    live = client.get("/variants")["variants"]
+    assert all(int(v["model_version"]) != version for v in live), live  # no traffic before approval
+
+    url = f"{client.url}/retrain/{request['id']}/approve"
+    assert client.session.post(url, timeout=30).status_code == 401
+    cli = str(Path(sys.executable).with_name("shipyard"))
+    env = {**os.environ, "SHIPYARD_ADMIN_TOKEN": ADMIN_TOKEN}
+    done = subprocess.run([cli, "retrain", "approve", request["id"], "--url", client.url,
+                           "--by", "test-operator"], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["decided_by"] == "test-operator"
+    name = f"retrain-v{version}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # Serve rolls the app over to the new config
+        with contextlib.suppress(requests.RequestException, AssertionError, KeyError):
+            variants = {v["variant"]: v for v in client.get("/variants")["variants"]}
+            if name in variants and client.get("/retrain")["requests"][0]["status"] == "live":
+                break
+        time.sleep(2)
+    assert variants[name]["weight"] == 5 and int(variants[name]["model_version"]) == version
+    r = client.predict(headers={"X-Shipyard-Variant": name})
+    assert r.status_code == 200 and r.json()["model_version"] == str(version)
+    again = client.session.post(url, headers=ADMIN, timeout=30)
+    assert again.status_code == 409 and "live" in again.json()["error"]
