@@ -149,8 +149,14 @@ def detection_delay(
 
 
 def ingest_speed(
-    ref: Reference, settings: DriftSettings, feeds: list[dict[str, Any]], rows: int
-) -> dict[str, float]:
+    ref: Reference, profile: dict[str, Any], settings: DriftSettings,
+    feeds: list[dict[str, Any]], rows: int,
+) -> dict[str, float]:  # fmt: skip
+    """Rows/s of the bare monitor in this process, and of serving's own DriftActor class as a
+    Ray actor fed the batches replicas send (scores included, so the review queue samples too)."""
+    import os
+    import tempfile
+
     mon = DriftMonitor(ref, settings)
     t0 = time.perf_counter()
     for f in feeds:
@@ -159,27 +165,34 @@ def ingest_speed(
 
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    from serving.drift import DriftActor
 
-        @ray.remote(num_cpus=0)
-        class Actor:
-            def __init__(self, r: Reference) -> None:
-                self.mon = DriftMonitor(r, settings)
-
-            def ingest(self, feed: dict[str, Any]) -> int:
-                self.mon.add(feed)
-                return self.mon.total_rows
-
-        actor = Actor.remote(ref)  # type: ignore[attr-defined]
-        ray.get(actor.ingest.remote(feeds[0]))
-        t0 = time.perf_counter()
-        pending = [actor.ingest.remote(f) for f in feeds]  # replicas send without waiting
-        ray.get(pending)
-        remote = rows / (time.perf_counter() - t0)
-    finally:
-        ray.shutdown()
-    return {"monitor_rows_per_s": local, "actor_rows_per_s": remote}
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    rng = np.random.default_rng(0)
+    batches = [
+        {"feed": f, "scores": rng.random(len(next(iter(f.values())))), "type_errors": {},
+         "rows": len(next(iter(f.values()))), "source": "bench", "dropped_total": 0}
+        for f in feeds
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="drift-ingest-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        bundle.mkdir()
+        (bundle / "reference_profile.json").write_text(json.dumps(profile))
+        (bundle / "evaluation.json").write_text(json.dumps({"task": "binary", "metrics": {}}))
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            actor = ray.remote(num_cpus=0)(DriftActor).remote(
+                "bench", 1, "control", {"window_rows": settings.window_rows}, tmp,
+                f"{tmp}/events.jsonl", None, lambda *_: bundle,
+            )  # fmt: skip
+            ray.get(actor.ingest.remote(batches[0]))
+            t0 = time.perf_counter()
+            ray.get([actor.ingest.remote(b) for b in batches])  # replicas send, never wait
+            remote = rows / (time.perf_counter() - t0)
+        finally:
+            ray.shutdown()
+    return {"monitor_rows_per_s": local, "actor_rows_per_s": remote,
+            "batch_rows": len(next(iter(feeds[0].values())))}  # fmt: skip
 
 
 def main() -> None:
@@ -187,21 +200,24 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=5000, help="rows per window")
     ap.add_argument("--windows", type=int, default=100, help="drifted windows per shift")
     ap.add_argument("--null-windows", type=int, default=300, help="no-drift windows (>= 200)")
+    ap.add_argument("--evidently-python", help="python of the venv with Evidently (make bench)")
     ap.add_argument(
-        "--evidently-windows",
-        type=int,
-        default=None,
-        help="windows per row for Evidently (default: the same as Shipyard)",
-    )
+        "--evidently-windows", type=int, default=10,
+        help="drifted windows per shift for Evidently (it takes seconds per window)",
+    )  # fmt: skip
+    ap.add_argument("--evidently-null-windows", type=int, default=40)
     ap.add_argument("--streams", type=int, default=20, help="streams per shift for the delay")
     ap.add_argument("--reference-rows", type=int, default=50_000)
+    ap.add_argument("--ingest-rows", type=int, default=400_000)
+    ap.add_argument("--batch-rows", type=int, default=5000, help="rows per replica send (drift.batch_rows)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args()
 
     ref_frame = sample(a.reference_rows, seed=0)
     numeric, categorical = columns(ref_frame)
     assert len(numeric) + len(categorical) == 30
-    ref = Reference.from_profile(profile_of_frame(ref_frame, numeric, categorical))
+    profile = profile_of_frame(ref_frame, numeric, categorical)
+    ref = Reference.from_profile(profile)
     binner, settings, shifter = Binner(ref), DriftSettings(window_rows=a.window), Shifter(ref_frame)
     ev_frames: list[pd.DataFrame] = []
     ev_of: dict[str, list[int]] = {}
@@ -266,9 +282,10 @@ def main() -> None:
         })  # fmt: skip
 
     feeds = [
-        feed_of(sample(1000, seed=50_000 + i), numeric, categorical) for i in range(200)
-    ]  # 200,000 rows, prepared up front: the timing is the monitor's work only
-    speed = ingest_speed(ref, settings, feeds, 200_000)
+        feed_of(sample(a.batch_rows, seed=50_000 + i), numeric, categorical)
+        for i in range(a.ingest_rows // a.batch_rows)
+    ]  # prepared up front: the timing is the drift side's work only
+    speed = ingest_speed(ref, profile, settings, feeds, a.ingest_rows)
     print(json.dumps(speed), flush=True)
     result = {"machine": machine(), "window": a.window, "rows": rows, "ingest": speed,
               "features": 30, "settings": settings.__dict__}  # fmt: skip

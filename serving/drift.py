@@ -44,7 +44,7 @@ class DriftFeeder:
     def __init__(
         self,
         send: Callable[[Batch], Awaitable[Any]],
-        batch_rows: int = 1000,
+        batch_rows: int = 5000,
         flush_interval_s: float = 1.0,
         max_buffer_rows: int = 50_000,
         send_timeout_s: float = 30.0,
@@ -214,6 +214,14 @@ class DriftActor:
         self.restored_from = {"rows": self.monitor.total_rows, "windows": self.monitor.windows}
         logger.info("drift %s v%d resumed: %s", self.variant, self.version, self.restored_from)
 
+    def flush_review(self) -> None:
+        """Write the sampled review rows (periodically: one CSV append per checkpoint period)."""
+        if self.review is not None:
+            try:
+                self.review.flush()
+            except OSError as err:  # the queue is advisory: drift counting goes on
+                logger.warning("review queue %s: %s", self.review.path, err)
+
     def save(self) -> None:
         state = {"model": self.model, "version": self.version, "variant": self.variant,
                  "saved_at": time.time(), "monitor": self.monitor.state(),
@@ -302,6 +310,7 @@ class DriftActor:
             self._emit(self.monitor.tick())
             if self._dirty and time.monotonic() - self._saved_at >= self.checkpoint_s:
                 self.save()
+                self.flush_review()
 
     async def ingest(self, batch: Batch) -> dict[str, Any]:
         self._ensure_ticker()
@@ -317,7 +326,7 @@ class DriftActor:
         scores = batch.get("scores")
         if self.review is not None and scores is not None and len(scores):
             try:
-                self.review.offer(batch["feed"], scores, self.variant, self.version)
+                self.review.offer(batch["feed"], scores, self.variant, self.version, 1000)
             except OSError as err:  # the queue is advisory: drift counting goes on
                 logger.warning("review queue %s: %s", self.review.path, err)
         if self.monitor.windows != windows:  # a window closed: save now, export the verdict
@@ -364,3 +373,4 @@ class DriftActor:
 
     async def checkpoint(self) -> None:
         self.save()
+        self.flush_review()

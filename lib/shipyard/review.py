@@ -69,11 +69,15 @@ class ReviewSampler:
         self.rng = np.random.default_rng(seed)
         self.pending = unlabelled_rows(path)  # re-read when the cap is reached (export drains)
         self.queued = 0
+        self._rows: list[tuple[dict[str, Any], dict[str, np.ndarray]]] = []  # not yet written
+        self._buffered = 0
 
     def offer(
-        self, feed: dict[str, np.ndarray], scores: np.ndarray, variant: str, version: int
-    ) -> int:
-        """Queue a sample of the batch's uncertain rows; returns how many were queued."""
+        self, feed: dict[str, np.ndarray], scores: np.ndarray, variant: str, version: int,
+        write_every: int = 0,
+    ) -> int:  # fmt: skip
+        """Queue a sample of the batch's uncertain rows; returns how many were queued. They are
+        written once `write_every` rows are waiting (0: now), or by `flush`."""
         scores = np.asarray(scores, dtype=np.float64)
         pick = np.abs(scores - 0.5) <= self.band
         pick &= self.rng.random(len(scores)) < self.sample_rate
@@ -81,30 +85,44 @@ class ReviewSampler:
         if not len(idx):
             return 0
         if self.pending + len(idx) > self.max_rows:
-            self.pending = unlabelled_rows(self.path)
+            self.pending = unlabelled_rows(self.path) + self._buffered
             idx = idx[: max(0, self.max_rows - self.pending)]
             if not len(idx):
                 return 0
-        # ONNX feeds are (rows, 1) columns
-        frame = pd.DataFrame(
-            {k: np.asarray(v).reshape(len(v), -1)[idx, 0] for k, v in feed.items()}
-        )
-        now = time.time()
-        meta = pd.DataFrame({
-            "review_id": [uuid.uuid4().hex[:12] for _ in idx],
-            "ts": pd.to_datetime(now, unit="s", utc=True).isoformat(),
-            "variant": variant,
-            "model_version": int(version),
-            "score": scores[idx].round(6),
-        })  # fmt: skip
-        rows = pd.concat([meta, frame.reset_index(drop=True)], axis=1)
+        # Only numpy slices here (this runs for every batch the drift actor gets); the frame is
+        # built when the rows are written. ONNX feeds are (rows, 1) columns.
+        cols = {k: np.asarray(v).reshape(len(v), -1)[idx, 0] for k, v in feed.items()}
+        meta = {"ts": time.time(), "variant": variant, "model_version": int(version),
+                "score": scores[idx].round(6)}  # fmt: skip
+        self._rows.append((meta, cols))
+        self._buffered += len(idx)
+        self.pending += len(idx)
+        self.queued += len(idx)
+        if self._buffered >= write_every:
+            self.flush()
+        return len(idx)
+
+    def flush(self) -> None:
+        """Append the sampled rows to the queue file (one write, under the queue's lock)."""
+        if not self._rows:
+            return
+        parts, self._rows, self._buffered = self._rows, [], 0
+        frames = []
+        for meta, cols in parts:
+            n = len(meta["score"])
+            head = pd.DataFrame({
+                "review_id": [uuid.uuid4().hex[:12] for _ in range(n)],
+                "ts": pd.to_datetime(meta["ts"], unit="s", utc=True).isoformat(),
+                "variant": meta["variant"],
+                "model_version": meta["model_version"],
+                "score": meta["score"],
+            })  # fmt: skip
+            frames.append(pd.concat([head, pd.DataFrame(cols)], axis=1))
+        rows = pd.concat(frames, ignore_index=True)
         rows[LABEL] = ""
         with _locked(self.path):
             new = not self.path.exists()
             rows.to_csv(self.path, mode="a", header=new, index=False)
-        self.pending += len(idx)
-        self.queued += len(idx)
-        return len(idx)
 
 
 def export(

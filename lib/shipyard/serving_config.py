@@ -191,7 +191,7 @@ class DriftSection(_Strict):
         2, description="Clean windows in a row before a drift counts as resolved."
     )
     batch_rows: PositiveInt = Field(
-        1000, description="Replicas send their buffered rows once they hold this many..."
+        5000, description="Replicas send their buffered rows once they hold this many..."
     )
     flush_interval_s: PositiveFloat = Field(1.0, description="...or this often.")
     max_buffer_rows: PositiveInt = Field(

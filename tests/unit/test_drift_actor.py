@@ -172,12 +172,15 @@ def test_uncertain_predictions_are_sampled_into_the_review_queue(
     feed_, _ = batch_of(1000, 9)
     scores = np.linspace(0.0, 1.0, 1000)  # 100 of them within 0.05 of 0.5
     asyncio.run(a.ingest({"feed": feed_, "scores": scores, "type_errors": {}}))
+    assert not (tmp_path / "state" / "review" / "v3.csv").exists()  # written with checkpoints
+    asyncio.run(a.checkpoint())
     queue = pd.read_csv(tmp_path / "state" / "review" / "v3.csv")
     assert len(queue) == 100 and (abs(queue["score"] - 0.5) <= 0.05).all()
     assert set(queue.columns) >= {"review_id", "variant", "model_version", "label", *NUMERIC}
     assert queue["label"].isna().all()
     for _ in range(5):  # the queue stops at max_rows unlabelled rows
         asyncio.run(a.ingest({"feed": feed_, "scores": scores, "type_errors": {}}))
+    asyncio.run(a.checkpoint())
     assert len(pd.read_csv(tmp_path / "state" / "review" / "v3.csv")) == 300
 
 
