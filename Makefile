@@ -26,6 +26,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 install: $(VENV)/.installed  ## create the virtualenv and install the locked dependencies
 
+# The drift benchmark's comparison library (Evidently) in a virtualenv of its own: it does not
+# import with pandas 3, and it is never a dependency of Shipyard.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed: benchmarks/requirements-bench.lock $(VENV)/.installed
+	test -x $(BENCH_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(BENCH_VENV)
+	$(UV) pip sync --python $(BENCH_VENV)/bin/python -q benchmarks/requirements-bench.lock
+	touch $@
+
 lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
@@ -44,10 +52,11 @@ unit: install
 test: install lint  ## the whole suite: lint, unit, integration, model
 	$(PY) -m pytest -q --durations=15 -p no:cacheprovider
 
-bench: install  ## benchmarks side by side with their baselines; ROWS=1000000, REQUESTS=3000, TUNE_ROWS, TRIALS to scale
+bench: install $(BENCH_VENV)/.installed  ## benchmarks side by side with their baselines; ROWS=1000000, REQUESTS=3000, TUNE_ROWS, TRIALS, DRIFT_WINDOWS to scale
 	$(PY) -m benchmarks.run --rows $${ROWS:-1000000} --out benchmarks/results
 	$(PY) -m benchmarks.serving --requests $${REQUESTS:-3000} --out benchmarks/results
 	$(PY) -m benchmarks.tuning --rows $${TUNE_ROWS:-100000} --trials $${TRIALS:-24} --out benchmarks/results
+	$(PY) -m benchmarks.drift --windows $${DRIFT_WINDOWS:-100} --evidently-python $(BENCH_VENV)/bin/python --out benchmarks/results
 
 clean:
 	rm -rf $(STATE) .pytest_cache .mypy_cache .ruff_cache

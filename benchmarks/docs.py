@@ -28,7 +28,7 @@ def main() -> None:
         p.read_text()
         for p in (
             ROOT / "benchmarks" / "results" / n
-            for n in ("foundation.md", "serving.md", "tuning.md")
+            for n in ("foundation.md", "serving.md", "tuning.md", "drift.md")
         )
         if p.exists()
     ]

@@ -209,7 +209,9 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=20, help="streams per shift for the delay")
     ap.add_argument("--reference-rows", type=int, default=50_000)
     ap.add_argument("--ingest-rows", type=int, default=400_000)
-    ap.add_argument("--batch-rows", type=int, default=5000, help="rows per replica send (drift.batch_rows)")
+    ap.add_argument(
+        "--batch-rows", type=int, default=5000, help="rows per replica send (drift.batch_rows)"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     a = ap.parse_args()
 

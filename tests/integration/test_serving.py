@@ -171,8 +171,9 @@ def client(
         for k, v in job_env.items():
             mp.setenv(k, v)
         yield Client(url, records)
-    serve.delete("shipyard")
-    serve.shutdown()
+    # Shutting Serve down takes ~35 s of graceful replica stops; the next modules only submit
+    # jobs to the cluster, so it runs beside them (the session's cluster stop ends it anyway).
+    threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True).start()
 
 
 def retrain_args(home: Path, dataset: Path) -> dict[str, Any]:

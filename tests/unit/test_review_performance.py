@@ -91,3 +91,25 @@ def test_a_bad_label_is_refused_and_nothing_moves(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match="column 'label'"):
         export(queue, tmp_path / "out", like, target="churned", time_column="ts")
     assert len(pd.read_csv(queue)) == 50 and not (tmp_path / "out").exists()
+
+
+def test_review_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from shipyard.cli import main
+
+    train = datagen.generate(30, seed=5)
+    like = tmp_path / "part-0.parquet"
+    train.to_parquet(like, index=False)
+    features = train.drop(columns=["churned", "ts", "customer_id"])
+    queue = tmp_path / "v1.csv"
+    sampler = ReviewSampler(queue, band=0.5, sample_rate=1.0)
+    sampler.offer({k: features[k].to_numpy().reshape(-1, 1) for k in features},
+                  np.full(30, 0.5), "c", 1)  # fmt: skip
+    rows = pd.read_csv(queue, dtype=str, keep_default_na=False)
+    rows.loc[:2, "label"] = "1"
+    rows.to_csv(queue, index=False)
+    args = ["review", "export", "--queue", str(queue), "--into", str(tmp_path / "fresh"),
+            "--like", str(like), "--target", "churned", "--time-column", "ts"]  # fmt: skip
+    assert main(args) == 0
+    assert '"exported": 3' in capsys.readouterr().out
+    assert main([*args[:-4], "--target", "nope"]) == 2
+    assert "target 'nope' is not a column" in capsys.readouterr().err
