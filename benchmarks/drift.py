@@ -328,11 +328,12 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---|---|",
         f"| family-wise false alarms (any of 30 features flagged) | {_pct(null['shipyard'])} of "
         f"{null['windows']} | {_pct(null['evidently'])} of {null['evidently_windows']} |",
-        f"| time to judge one window | {null['shipyard_ms_per_window']:.1f} ms | "
+        f"| time per window (Shipyard: bin and judge; Evidently: its report) | {null['shipyard_ms_per_window']:.1f} ms | "
         f"{'-' if ev_ms is None else f'{ev_ms:.0f} ms'} ({ratio}) |",
         "",
-        f"Ingest at 30 features: `DriftMonitor.add` {ing['monitor_rows_per_s']:,.0f} rows/s; a Ray "
-        f"actor fed 1,000-row batches {ing['actor_rows_per_s']:,.0f} rows/s (goal >= 200,000).",
+        f"Ingest at 30 features: `DriftMonitor.add` {ing['monitor_rows_per_s']:,.0f} rows/s; serving's "
+        f"`DriftActor` as a Ray actor fed {ing['batch_rows']:,}-row batches (`drift.batch_rows`) "
+        f"{ing['actor_rows_per_s']:,.0f} rows/s (goal >= 200,000).",
         _goals(r),
         f"Machine: {r['machine']}.",
         "",

@@ -593,6 +593,10 @@ def test_a_dead_drift_actor_fails_no_prediction_and_resumes(client: Client) -> N
     _flush_drift()
     serve.get_deployment_handle("drift-control", "shipyard").checkpoint.remote().result()
     saved = _drift(client)["rows"]
+    # The checkpoint also wrote the review queue: uncertain predictions, unlabelled.
+    queue = pd.read_csv(_drift(client)["review"]["queue"], dtype={"label": str})
+    assert len(queue) > 0 and (abs(queue["score"] - 0.5) <= 0.05).all()
+    assert queue["label"].isna().all() and "income" in queue.columns
     replica = next(
         a for a in ray.util.list_named_actors(all_namespaces=True) if "drift-control" in a["name"]
     )
