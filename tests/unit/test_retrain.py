@@ -135,6 +135,17 @@ def test_job_config_is_resolved_or_refused(tmp_path: Path) -> None:
         resolve_job_config("nope.yaml", tmp_path)
     with pytest.raises(ConfigError, match="retrain.job_config is unset"):
         parse_serving_config({**APP, "on_drift": "retrain", "retrain": {}})
+    with pytest.raises(ConfigError, match="drift.enabled is false"):
+        parse_serving_config(
+            {
+                **APP,
+                "on_drift": "retrain",
+                "drift": {"enabled": False},
+                "retrain": {"job_config": "x.yaml", "triggers": ["features"]},
+            }
+        )
+    with pytest.raises(ConfigError, match="retrain.triggers"):
+        parse_serving_config({**APP, "retrain": {"triggers": ["drift"]}})
 
 
 APP: dict[str, Any] = {
