@@ -193,6 +193,7 @@ class DriftActor:
         self._restore()
         self._dirty = False
         self._saved_at = time.monotonic()
+        self._review_at = time.monotonic()
         self._tick_task: asyncio.Task[None] | None = None
         self._gauges = self._init_metrics()
 
@@ -310,7 +311,9 @@ class DriftActor:
             self._emit(self.monitor.tick())
             if self._dirty and time.monotonic() - self._saved_at >= self.checkpoint_s:
                 self.save()
+            if time.monotonic() - self._review_at >= self.checkpoint_s:  # also once traffic stops
                 self.flush_review()
+                self._review_at = time.monotonic()
 
     async def ingest(self, batch: Batch) -> dict[str, Any]:
         self._ensure_ticker()
