@@ -45,6 +45,7 @@ class Jobs(Protocol):
     def submit(self, entrypoint: str, submission_id: str, runtime_env: dict[str, Any]) -> None: ...
     def status(self, submission_id: str) -> tuple[str, str]: ...
     def logs(self, submission_id: str) -> str: ...
+    def stop(self, submission_id: str) -> None: ...
 
 
 class Deployer(Protocol):
@@ -81,6 +82,9 @@ class RayJobs:
 
     def logs(self, submission_id: str) -> str:
         return str(self.client.get_job_logs(submission_id))
+
+    def stop(self, submission_id: str) -> None:
+        self.client.stop_job(submission_id)
 
 
 class ServeDeployer:
@@ -262,14 +266,9 @@ class RetrainCoordinator:
             return {"error": err.message, "status": err.http_status}
         if r["submission_id"] and r["version"] is None:  # still running: no point finishing it
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._stop_job, r["submission_id"])
+                await asyncio.to_thread(self.jobs.stop, r["submission_id"])
         self._emit("retrain_rejected", r, by=by, reason=reason)
         return {"ok": r}
-
-    def _stop_job(self, submission_id: str) -> None:
-        client = getattr(self.jobs, "client", None)
-        if client is not None:
-            client.stop_job(submission_id)
 
     async def _deploy(self, r: dict[str, Any]) -> dict[str, Any]:
         """Redeploy the app with the approved version as a canary; on any failure the request

@@ -178,6 +178,7 @@ class FakeJobs:
         self.submitted: list[tuple[str, str, dict[str, Any]]] = []
         self.state = "RUNNING"
         self.log = ""
+        self.stopped: list[str] = []
 
     def submit(self, entrypoint: str, submission_id: str, runtime_env: dict[str, Any]) -> None:
         self.submitted.append((entrypoint, submission_id, runtime_env))
@@ -187,6 +188,9 @@ class FakeJobs:
 
     def logs(self, submission_id: str) -> str:
         return self.log
+
+    def stop(self, submission_id: str) -> None:
+        self.stopped.append(submission_id)
 
 
 class FakeServe:
@@ -306,4 +310,5 @@ def test_rejecting_a_request(tmp_path: Path) -> None:
 
     request = asyncio.run(run())
     assert request["status"] == "rejected" and request["reason"] == "trained on a holiday week"
+    assert jobs.stopped == [request["submission_id"]]  # a running job is not left to finish
     assert serve.deployed == []
