@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from shipyard.artifacts import write_atomic
 from shipyard.drift import PREDICTION, DriftMonitor, Reference
 from shipyard.events import EventLog
 from shipyard.performance import PerformanceMonitor
@@ -139,13 +140,6 @@ class DriftFeeder:
         return {"buffered": self.rows, "sent": self.sent_rows, "dropped": self.dropped_rows}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class DriftActor:
     """The drift monitor of one variant (one version); a plain class, deployed by serving.app."""
 
@@ -228,7 +222,7 @@ class DriftActor:
                  "saved_at": time.time(), "monitor": self.monitor.state(),
                  "dropped": self.dropped,
                  "performance": self.performance.state() if self.performance else None}  # fmt: skip
-        _write_atomic(self.state_path, json.dumps(state, default=float))
+        write_atomic(self.state_path, json.dumps(state, default=float))
         self._dirty = False
         self._saved_at = time.monotonic()
 

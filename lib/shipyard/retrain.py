@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shipyard.artifacts import write_atomic
 from shipyard.drift import PREDICTION
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.serving_config import RetrainSection
@@ -156,10 +157,7 @@ class Retrainer:
             self.skipped = int(state.get("skipped", 0))
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"requests": self.requests, "skipped": self.skipped}, indent=1))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"requests": self.requests, "skipped": self.skipped}))
 
     # -- deciding --
     def active(self) -> dict[str, Any] | None:

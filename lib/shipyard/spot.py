@@ -34,7 +34,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from shipyard.artifacts import write_atomic
 
 logger = logging.getLogger("shipyard.spot")
 
@@ -286,13 +287,6 @@ def step(
                 notes.append(f"spot type {node_type!r}: cooldown over, spot preferred again")
     del state.seen_failures[:-1000]
     return changes, notes
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _failed_launches(gcs_address: str) -> list[tuple[str, int, str]]:
