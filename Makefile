@@ -38,8 +38,8 @@ lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
 
-demo: install  ## start a local Ray, generate data, submit the training job, print the registered version
-	$(PY) -m shipyard.demo --state $(STATE)
+demo: install  ## generate data, train, serve and A/B on a local Ray, then stop; KEEP=1 keeps the app up until Ctrl-C
+	$(PY) -m shipyard.demo --state $(STATE) $${KEEP:+--keep-serving}
 
 lint: install  ## ruff + mypy
 	$(VENV)/bin/ruff check lib jobs serving tests benchmarks
@@ -62,13 +62,13 @@ clean:
 	rm -rf $(STATE) .pytest_cache .mypy_cache .ruff_cache
 
 cluster-up: install  ## a local autoscaling cluster: 0-CPU head, fake spot + on-demand workers (IDLE=60 s)
-	$(PY) -m shipyard.localcluster up --idle-timeout $${IDLE:-60}
+	$(PY) -m shipyard.compute.localcluster up --idle-timeout $${IDLE:-60}
 
 cluster-down: install  ## stop the cluster started by cluster-up (its own processes only)
-	$(PY) -m shipyard.localcluster down
+	$(PY) -m shipyard.compute.localcluster down
 
 cluster-status: install  ## worker nodes of the local cluster by type
-	$(PY) -m shipyard.localcluster status
+	$(PY) -m shipyard.compute.localcluster status
 
 tune: install  ## tune the demo model (ASHA), train and register the best trial; RESUME=1 to resume
 	$(PY) -m jobs.tune --config jobs/configs/tune.yaml $${RESUME:+--resume}

@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from shipyard.onnx_model import OnnxPredictor
-from shipyard.schema import InputSchema
+from shipyard.bundle.graph import OnnxPredictor
+from shipyard.bundle.schema import InputSchema
 
 
 class Predictor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shipyard.config import SearchParam, TuneSection, reference_markdown
-from shipyard.serving_config import ServingConfig
+from shipyard.config.jobs import SearchParam, TuneSection, reference_markdown
+from shipyard.config.serving import ServingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.run import machine
-from shipyard import datagen
-from shipyard.drift import (
+from shipyard.demo import datagen
+from shipyard.monitoring.drift import (
     Binner,
     DriftMonitor,
     DriftSettings,
@@ -166,6 +166,8 @@ def ingest_speed(
     import ray
 
     from serving.drift import DriftActor
+    from serving.settings import AppSettings
+    from shipyard.config.serving import ServingConfig
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     rng = np.random.default_rng(0)
@@ -181,10 +183,15 @@ def ingest_speed(
         (bundle / "evaluation.json").write_text(json.dumps({"task": "binary", "metrics": {}}))
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            actor = ray.remote(num_cpus=0)(DriftActor).remote(
-                "bench", 1, "control", {"window_rows": settings.window_rows}, tmp,
-                f"{tmp}/events.jsonl", None, lambda *_: bundle,
+            config = ServingConfig.model_validate(
+                {"model": "bench", "variants": [{"name": "control", "version": 1, "weight": 1}],
+                 "drift": {"window_rows": settings.window_rows}}
             )  # fmt: skip
+            app = AppSettings(config=config, versions={"control": 1}, state_dir=tmp,
+                              events_path=f"{tmp}/events.jsonl")  # fmt: skip
+            actor: Any = ray.remote(num_cpus=0)(DriftActor).remote(
+                app, "control", loader=lambda *_: bundle
+            )
             ray.get(actor.ingest.remote(batches[0]))
             t0 = time.perf_counter()
             ray.get([actor.ingest.remote(b) for b in batches])  # replicas send, never wait

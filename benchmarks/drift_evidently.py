@@ -46,7 +46,7 @@ def main(folder: Path) -> None:
                 and drifted(float(m["value"]), m["config"]["method"], m["config"]["threshold"])
             ]
             seconds = time.perf_counter() - t0
-            out.write(json.dumps({"window": int(wid), "drifted": flagged, "seconds": seconds}))
+            out.write(json.dumps({"window": int(str(wid)), "drifted": flagged, "seconds": seconds}))
             out.write("\n")
             out.flush()
 

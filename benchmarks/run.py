@@ -42,8 +42,8 @@ def machine() -> str:
 
 
 def make_data(rows: int, out: Path) -> tuple[list[str], Any]:
-    from shipyard import datagen
-    from shipyard.schema import Feature, InputSchema
+    from shipyard.bundle.schema import Feature, InputSchema
+    from shipyard.demo import datagen
 
     files = datagen.write_dataset(out, rows, seed=0, files=8, extra_numeric=17)
     head = pd.read_parquet(files[0])
@@ -61,9 +61,9 @@ def bench_training(files: list[str], schema: Any, storage: str) -> dict[str, Any
     import ray.data
     import xgboost as xgb
 
-    from jobs import trainer
-    from jobs.data import _Encode
-    from shipyard.config import TrainSection
+    from shipyard.config.jobs import TrainSection
+    from shipyard.training import fit as trainer
+    from shipyard.training.data import Encode
 
     # Bare: pyarrow -> pandas -> encode -> DMatrix -> xgboost.train, THREADS threads.
     t0 = time.perf_counter()
@@ -86,7 +86,8 @@ def bench_training(files: list[str], schema: Any, storage: str) -> dict[str, Any
             params={"max_depth": 6, "eta": 0.1},
         )  # fmt: skip
         t0 = time.perf_counter()
-        ds = ray.data.read_parquet(files).map_batches(_Encode(schema), batch_format="pandas")
+        encode: Any = Encode(schema)  # a callable class; Ray types map_batches narrowly
+        ds = ray.data.read_parquet(files).map_batches(encode, batch_format="pandas")
         full = ds.materialize()
         valid, train = full.split_at_indices([n_valid])
         res = trainer.train_xgboost(train, valid, schema, cfg, storage, f"bench-{workers}w")
@@ -114,7 +115,7 @@ def bench_load(files: list[str], repeats: int = 3) -> dict[str, float]:
 def bench_single_row(files: list[str], schema: Any, n: int = 3000) -> dict[str, float]:
     import xgboost as xgb
 
-    from shipyard.onnx_model import OnnxPredictor, build_onnx
+    from shipyard.bundle.graph import OnnxPredictor, build_onnx
 
     df = pq.read_table(files[0]).to_pandas().head(50_000)
     booster = xgb.train(
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         files, schema = make_data(args.rows, Path(tmp) / "data")
         sr = bench_single_row(files, schema)
         ray.init(address="local", num_cpus=THREADS, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().use_datasource_v2 = False  # as jobs.data.read does
+        ray.data.DataContext.get_current().use_datasource_v2 = (
+            False  # as shipyard.training.data.read does
+        )
         try:
             ld = bench_load(files)
             tr = bench_training(files, schema, str(Path(tmp) / "ckpt"))

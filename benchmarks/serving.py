@@ -31,11 +31,11 @@ def make_model(home: Path, rows: int = 20000) -> tuple[str, Path, list[dict[str,
     """Train a small XGBoost model, export the one-graph ONNX, register it in a local MLflow."""
     import xgboost as xgb
 
-    from shipyard import datagen
-    from shipyard.artifacts import write_bundle
-    from shipyard.onnx_model import build_onnx
+    from shipyard.bundle.files import write_bundle
+    from shipyard.bundle.graph import build_onnx
+    from shipyard.bundle.schema import Feature, InputSchema
+    from shipyard.demo import datagen
     from shipyard.registry import Registry
-    from shipyard.schema import Feature, InputSchema
 
     df = datagen.generate(rows, seed=0)
     feats = [Feature(c, "numeric") for c in datagen.NUMERIC] + [
@@ -53,7 +53,7 @@ def make_model(home: Path, rows: int = 20000) -> tuple[str, Path, list[dict[str,
     )
     from sklearn.metrics import roc_auc_score
 
-    from shipyard.drift import profile_of_frame
+    from shipyard.monitoring.drift import profile_of_frame
 
     scores = booster.predict(xgb.DMatrix(x, feature_names=schema.names))
     profile = profile_of_frame(df, datagen.NUMERIC, datagen.CATEGORICAL, scores=scores)
@@ -156,8 +156,8 @@ def wait_http(url: str, timeout: float = 120) -> None:
 def bare_ort_rows_per_s(
     bundle: Path, records: list[dict[str, Any]], batch: int, threads: int
 ) -> float:
-    from shipyard.onnx_model import OnnxPredictor
-    from shipyard.schema import InputSchema
+    from shipyard.bundle.graph import OnnxPredictor
+    from shipyard.bundle.schema import InputSchema
 
     schema = InputSchema.from_dict(json.loads((bundle / "input_schema.json").read_text()))
     pred = OnnxPredictor((bundle / "model.onnx").read_bytes(), schema, threads=threads)
@@ -194,7 +194,7 @@ def run_serve(
 
     from benchmarks.bare_server import minimal_serve_app
     from serving.app import build_app
-    from shipyard.localray import free_port
+    from shipyard.compute.localray import free_port
 
     out: dict[str, Any] = {}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -240,13 +240,13 @@ def run_serve(
         serve.delete("nodrift")
         serve.delete("shipyard")
     finally:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
     return out
 
 
 def run(n: int, concurrency: int, batch: int) -> dict[str, Any]:
-    from shipyard.localray import free_port
+    from shipyard.compute.localray import free_port
 
     results: dict[str, Any] = {"requests": n, "concurrency": concurrency, "batch": batch}
     with tempfile.TemporaryDirectory(prefix="shipyard-serve-bench-") as tmp:
@@ -371,10 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     r = run(args.requests, args.concurrency, args.batch)
     text = table(r)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.md").write_text(text + "\n")
-    (out / f"{args.name}.json").write_text(json.dumps(r, indent=1))
+    where = Path(args.out)
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{args.name}.md").write_text(text + "\n")
+    (where / f"{args.name}.json").write_text(json.dumps(r, indent=1))
 
 
 if __name__ == "__main__":

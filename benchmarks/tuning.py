@@ -31,7 +31,7 @@ from benchmarks.run import machine
 def sample_configs(k: int, seed: int) -> list[dict[str, Any]]:
     """K configurations from jobs.tune's default space (its own Ray Tune domains), seeded."""
     from jobs.tune import search_space
-    from shipyard.config import TuneSection
+    from shipyard.config.jobs import TuneSection
 
     space = search_space(TuneSection().space)
     rng = np.random.default_rng(seed)
@@ -62,7 +62,8 @@ def run_tune(
     ).fit()
     wall = time.perf_counter() - t0
     best, rounds = [], 0
-    for r in grid:
+    results: Any = grid  # ResultGrid is iterable; Ray types it without __iter__
+    for r in results:
         df = r.metrics_dataframe
         best.append(float(df[metric].max()))
         rounds += int(df["rounds"].max())
@@ -70,7 +71,7 @@ def run_tune(
         "best_auc": max(best),
         "rounds": rounds,
         "wall_s": wall,
-        "errors": sum(bool(r.error) for r in grid),
+        "errors": sum(bool(r.error) for r in results),
     }
 
 
@@ -108,10 +109,12 @@ def main() -> None:
     import ray
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from jobs import data as data_mod
+    fifo: Any = FIFOScheduler  # untyped in Ray
+
     from jobs.tune import TUNE_METRIC
-    from shipyard import datagen
-    from shipyard.config import DataSection
+    from shipyard.config.jobs import DataSection
+    from shipyard.demo import datagen
+    from shipyard.training import data as data_mod
 
     cpus = os.cpu_count() or 2
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
@@ -143,7 +146,7 @@ def main() -> None:
             },
         }
         k, storage = args.trials, f"{tmp}/tune"
-        full = run_tune(data, k, FIFOScheduler(), None, storage)
+        full = run_tune(data, k, fifo(), None, storage)
         asha_scheduler = ASHAScheduler(
             time_attr="rounds",
             max_t=args.max_rounds,
@@ -151,7 +154,7 @@ def main() -> None:
             reduction_factor=3,
         )
         asha = run_tune(data, k, asha_scheduler, None, storage)
-        seq = run_tune(data, k, FIFOScheduler(), 1, storage)
+        seq = run_tune(data, k, fifo(), 1, storage)
         plain = run_plain(data, k)
     ray.shutdown()
     result = {

@@ -22,18 +22,17 @@ import numpy as np
 import ray
 import xgboost as xgb
 
-from jobs.train import exit_on
-from shipyard import evaluation as ev
-from shipyard.config import TrainJobConfig, load_tune_config
+from shipyard.config.jobs import TrainJobConfig, load_tune_config
+from shipyard.contract import CURVE_RESULT_TAG, EXIT_INVALID, exit_on, result_line
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.registry import Registry, shipyard_home
+from shipyard.training import evaluation as ev
 
 logger = logging.getLogger("jobs.learning_curve")
-EXIT_INVALID = 2
 
 
 def power_law(n: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
-    return a - b * np.power(n, -c)
+    return np.asarray(a - b * np.power(n, -c))
 
 
 def fit_curve(
@@ -92,14 +91,14 @@ def _fit_fraction(
 def run_curve(
     cfg: TrainJobConfig, fractions: list[float], repeats: int, min_gain: float, cpus: float
 ) -> dict[str, Any]:
-    from jobs import data as data_mod
-    from jobs.trainer import booster_params
-    from shipyard.onnx_model import native_predict
+    from shipyard.bundle.graph import native_predict
+    from shipyard.training import data as data_mod
+    from shipyard.training.fit import train_params
 
     prep = data_mod.prepare(cfg.data)
     arrays = data_mod.to_arrays(prep)
     schema, task = prep.schema, cfg.data.task
-    params = {**booster_params(cfg.train, schema), "nthread": max(1, int(cpus))}
+    params = {**train_params(cfg.train, schema, cfg.data.seed), "nthread": max(1, int(cpus))}
     total = len(arrays["y_train"])
     sizes = sorted({max(50, round(f * total)) for f in fractions})
     ref = ray.put(arrays)
@@ -217,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_INVALID
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        return exit_on(err)
     ray.init(address=args.address, log_to_driver=True)
     try:
         report = run_curve(cfg, fractions, args.repeats, args.min_gain, args.cpus_per_fit)
@@ -238,10 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     registry.log_artifacts(run, out, "learning_curve")
     registry.end_run(run)
     print(report["verdict"])
-    print(
-        "SHIPYARD_LEARNING_CURVE "
-        + json.dumps({**report, "plot": str(out / "learning_curve.png"), "run_id": run})
-    )
+    print(result_line({**report, "plot": str(out / "learning_curve.png"), "run_id": run},
+                      CURVE_RESULT_TAG))  # fmt: skip
     return 0
 
 

@@ -26,19 +26,18 @@ from typing import Any
 import ray
 import xgboost as xgb
 
-from shipyard.config import SearchParam, TuneJobConfig, load_tune_config
+from shipyard.config.base import parse_set
+from shipyard.config.jobs import SearchParam, TuneJobConfig, load_tune_config
+from shipyard.contract import EXIT_GATES, TUNE_RESULT_TAG, exit_on, result_line
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.registry import Registry, shipyard_home
+from shipyard.training import fit
+from shipyard.training.pipeline import run_training
 
 logger = logging.getLogger("jobs.tune")
 
-EXIT_GATES, EXIT_INVALID = 3, 2
 # The metric a trial reports and ASHA ranks: what the gates judge, on the validation split.
-TUNE_METRIC = {
-    "binary": ("valid-auc", "max", "auc"),
-    "multiclass": ("valid-mlogloss", "min", "mlogloss"),
-    "regression": ("valid-rmse", "min", "rmse"),
-}
+TUNE_METRIC = {task: (f"valid-{m}", mode, m) for task, (_, m, mode) in fit.OBJECTIVES.items()}
 
 
 def search_space(space: dict[str, SearchParam]) -> dict[str, Any]:
@@ -69,22 +68,9 @@ def booster_ready(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _booster_params(cfg: TuneJobConfig, n_classes: int) -> dict[str, Any]:
-    from jobs.trainer import OBJECTIVES
-
-    objective, _ = OBJECTIVES[cfg.data.task]
-    _, _, metric = TUNE_METRIC[cfg.data.task]
-    params: dict[str, Any] = {
-        "tree_method": "hist",
-        **cfg.train.params,
-        "objective": objective,
-        "eval_metric": metric,
-        "nthread": max(1, int(cfg.tune.cpus_per_trial)),
-        "device": "cuda" if cfg.tune.gpus_per_trial > 0 else "cpu",
-        "seed": cfg.data.seed,
-    }
-    if cfg.data.task == "multiclass":
-        params["num_class"] = n_classes
-    return params
+    t = cfg.tune
+    return fit.booster_params(cfg.data.task, cfg.train.params, n_classes,
+                              int(t.cpus_per_trial), t.gpus_per_trial > 0, cfg.data.seed)  # fmt: skip
 
 
 def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
@@ -98,14 +84,12 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     start: xgb.Booster | None = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a retry or a resumed study: continue, do not start over
-        try:
+
+        def load() -> xgb.Booster:
             with checkpoint.as_directory() as d:
-                start = xgb.Booster(model_file=str(Path(d) / "model.ubj"))
-        except (OSError, xgb.core.XGBoostError) as err:
-            # A checkpoint cut short (its writer was killed mid-copy): redo the trial instead
-            # of failing it; the result is the same, only the time is lost.
-            logging.getLogger("jobs.tune").warning("unreadable checkpoint (%s); starting over", err)
-            start = None
+                return xgb.Booster(model_file=str(Path(d) / "model.ubj"))
+
+        start = fit.resume_from(load)
     done = start.num_boosted_rounds() if start is not None else 0
     resumed_from = done
     node_id = ray.get_runtime_context().get_node_id()  # where this attempt runs (spot or not)
@@ -136,6 +120,7 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
         num_boost_round=max(0, study["max_rounds"] - done),
         evals=[(dvalid, "valid")],
         xgb_model=start,
+        early_stopping_rounds=study["early_stopping_rounds"],
         verbose_eval=False,
         callbacks=[Report()],
     )
@@ -143,7 +128,7 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
 
 def load_arrays(cfg: TuneJobConfig) -> tuple[dict[str, Any], Any]:
     """Prepare the data once (the same path as jobs.train) and hold the arrays for every trial."""
-    from jobs import data as data_mod
+    from shipyard.training import data as data_mod
 
     prep = data_mod.prepare(cfg.data)
     return data_mod.to_arrays(prep), prep
@@ -187,6 +172,7 @@ def run_study(
             "max_rounds": t.max_rounds,
             "report_every": t.report_every,
             "checkpoint_every": t.checkpoint_every,
+            "early_stopping_rounds": cfg.train.early_stopping_rounds if t.early_stopping else None,
         },
     }
     resources = {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial}
@@ -208,7 +194,8 @@ def run_study(
             reduction_factor=t.reduction_factor,
         )
     else:
-        scheduler = FIFOScheduler()
+        fifo: Any = FIFOScheduler  # untyped in Ray
+        scheduler = fifo()
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(t.space),
@@ -328,13 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "local")
     args = ap.parse_args(argv)
-    from jobs.train import _parse_set, exit_on, run_training
-
     try:
-        cfg = load_tune_config(args.config, _parse_set(args.set))
+        cfg = load_tune_config(args.config, parse_set(args.set))
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_INVALID
+        return exit_on(err)
     ray.init(address=args.address, log_to_driver=True)
     metric, mode, _ = TUNE_METRIC[cfg.data.task]
     registry = Registry(cfg.tracking.tracking_uri)
@@ -403,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         registry.end_run(study_run, "FINISHED")
     except ShipyardError as err:
         return exit_on(err)
-    print("SHIPYARD_TUNE_RESULT " + json.dumps(result, default=str))
+    print(result_line(result, TUNE_RESULT_TAG))
     return code
 
 

@@ -2,14 +2,14 @@
 
 Every variant's version is resolved (aliases pinned to numbers) and its bundle verified against
 its checksums here, before anything is deployed: a missing or corrupt version fails the build
-with a clear error, and a running app keeps serving what it had.
+with a clear error, and a running app keeps serving what it had. Every deployment is bound with
+one `AppSettings`.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -18,11 +18,13 @@ from ray.serve import Application
 from serving.drift import DriftActor
 from serving.model import VariantModel
 from serving.retrain import RetrainCoordinator
-from serving.router import Router
+from serving.router import Ingress
+from serving.settings import AppSettings
 from serving.store import ExperimentStore
+from shipyard.config.serving import ServingConfig, Variant, load_serving_args, safe_name
+from shipyard.contract import project_root
+from shipyard.monitoring.retrain import resolve_job_config
 from shipyard.registry import Registry, resolve_tracking_uri, shipyard_home
-from shipyard.retrain import resolve_job_config
-from shipyard.serving_config import ServingConfig, Variant, load_serving_args, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -53,44 +55,35 @@ def _scaling(v: Variant) -> dict[str, Any]:
     }
 
 
+def app_settings(cfg: ServingConfig) -> AppSettings:
+    """Resolve and verify the versions, and decide where state and events go."""
+    tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
+    home = shipyard_home()
+    return AppSettings(
+        config=cfg,
+        versions=resolve_versions(cfg, Registry(tracking_uri)),
+        tracking_uri=tracking_uri,
+        state_dir=cfg.state_dir or str(home / "serving" / safe_name(cfg.model)),
+        events_path=str(home / "events.jsonl"),
+    )
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder for `serve run` / `serve deploy` (args: config=FILE or inline)."""
     cfg = load_serving_args(args)
     if cfg.on_drift == "retrain" and cfg.retrain.job_config:  # refuse a missing file now
-        import jobs
-
-        resolve_job_config(cfg.retrain.job_config, Path(jobs.__file__).resolve().parents[1])
-    tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
-    versions = resolve_versions(cfg, Registry(tracking_uri))
-    home = shipyard_home()
-    state_dir = cfg.state_dir or str(home / "serving" / safe_name(cfg.model))
-    config = cfg.model_dump(mode="json")
-    store = serve.deployment(name="experiment", num_replicas=1, ray_actor_options={"num_cpus": 0})(
-        ExperimentStore
-    ).bind(config, versions, tracking_uri, state_dir, str(home / "events.jsonl"))
+        resolve_job_config(cfg.retrain.job_config, project_root())
+    app = app_settings(cfg)
+    one: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
+    store = serve.deployment(name="experiment", **one)(ExperimentStore).bind(app)
     retrain = None
     if cfg.on_drift == "retrain":
-        retrain = serve.deployment(
-            name="retrain",
-            num_replicas=1,
-            ray_actor_options={"num_cpus": 0},
-            health_check_period_s=5,
-        )(RetrainCoordinator).bind(config, versions, state_dir, str(home / "events.jsonl"), store)
+        retrain = serve.deployment(name="retrain", health_check_period_s=5, **one)(
+            RetrainCoordinator
+        ).bind(app, store)
     drifts = {
-        v.name: serve.deployment(
-            name=f"drift-{v.name}", num_replicas=1, ray_actor_options={"num_cpus": 0}
-        )(DriftActor).bind(
-            cfg.model,
-            versions[v.name],
-            v.name,
-            config["drift"],
-            state_dir,
-            str(home / "events.jsonl"),
-            tracking_uri,
-            None,
-            retrain,
-            config["performance"],
-            config["review"],
+        v.name: serve.deployment(name=f"drift-{v.name}", **one)(DriftActor).bind(
+            app, v.name, retrain=retrain
         )
         for v in cfg.variants
         if cfg.drift.enabled
@@ -101,19 +94,7 @@ def build_app(args: dict[str, Any]) -> Application:
             ray_actor_options={"num_cpus": v.num_cpus},
             max_ongoing_requests=max(32, 2 * v.max_batch_size),
             **_scaling(v),
-        )(VariantModel).bind(
-            cfg.model,
-            versions[v.name],
-            v.name,
-            tracking_uri,
-            v.onnx_threads,
-            v.max_batch_size,
-            v.batch_wait_ms,
-            v.faults.model_dump(),
-            None,
-            drifts.get(v.name),
-            config["drift"],
-        )
+        )(VariantModel).bind(app, v.name, drift=drifts.get(v.name))
         for v in cfg.variants
     }
     return serve.deployment(
@@ -122,4 +103,4 @@ def build_app(args: dict[str, Any]) -> Application:
         user_config=cfg.traffic(),
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,
-    )(Router).bind(config, versions, models, store, drifts, retrain)
+    )(Ingress).bind(app, models, store, drifts, retrain)

@@ -7,7 +7,7 @@ prediction: sends are not awaited by requests, and rows beyond `max_buffer_rows`
 counted.
 
 `DriftActor` is a one-replica Serve deployment per variant (Serve restarts it if it dies). It
-wraps `shipyard.drift.DriftMonitor` against the version's registered reference profile, saves
+wraps `shipyard.monitoring.drift.DriftMonitor` against the version's registered reference profile, saves
 its state every `checkpoint_s` and at every window (atomically) and resumes from it on restart,
 writes drift_started / drift_resolved events (event log, webhook) and exports Prometheus gauges.
 """
@@ -27,12 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from shipyard.artifacts import write_atomic
-from shipyard.drift import PREDICTION, DriftMonitor, Reference
+from serving.settings import AppSettings
 from shipyard.events import EventLog
-from shipyard.performance import PerformanceMonitor
-from shipyard.retrain import drift_kinds
-from shipyard.review import ReviewSampler, queue_path
+from shipyard.monitoring.drift import PREDICTION, DriftMonitor, Reference
+from shipyard.monitoring.performance import PerformanceMonitor
+from shipyard.monitoring.retrain import drift_kinds
+from shipyard.monitoring.review import ReviewSampler, queue_path
+from shipyard.registry import Loader, registry_loader
+from shipyard.storage import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -145,42 +147,34 @@ class DriftActor:
 
     def __init__(
         self,
-        model: str,
-        version: int,
+        app: AppSettings,
         variant: str,
-        drift: dict[str, Any],
-        state_dir: str,
-        events_path: str,
-        tracking_uri: str | None = None,
-        loader: Callable[[str, int, str | None], Path] | None = None,
+        loader: Loader | None = None,
         retrain: Any = None,
-        performance: dict[str, Any] | None = None,
-        review: dict[str, Any] | None = None,
     ) -> None:
-        from serving.model import registry_loader
-        from shipyard.serving_config import DriftSection, PerformanceSection, ReviewSection
-
-        section = DriftSection.model_validate(drift)
-        bundle = (loader or registry_loader)(model, version, tracking_uri)
+        """`retrain`: the retraining coordinator (a handle; on_drift: retrain), told of drifts."""
+        cfg = app.config
+        model, version, section = app.model, app.versions[variant], cfg.drift
+        bundle = (loader or registry_loader)(model, version, app.tracking_uri)
         profile = json.loads((bundle / "reference_profile.json").read_text())
         evaluation = json.loads((bundle / "evaluation.json").read_text())
         self.model, self.version, self.variant = model, int(version), variant
         self.monitor = DriftMonitor(Reference.from_profile(profile), section.settings())
-        perf = PerformanceSection.model_validate(performance or {})
+        perf = cfg.performance
         self.performance = (
             PerformanceMonitor(evaluation["task"], evaluation["metrics"], perf.window,
                                perf.min_outcomes, perf.max_drop, perf.alpha)
             if perf.outcome_is_label else None
         )  # fmt: skip
-        rv = ReviewSection.model_validate(review or {})
+        rv, state_dir = cfg.review, app.state_dir
         self.review = (
             ReviewSampler(queue_path(state_dir, self.version), rv.band, rv.sample_rate, rv.max_rows)
             if rv.enabled and evaluation["task"] == "binary" else None
         )  # fmt: skip
         self.checkpoint_s = section.checkpoint_s
         self.state_path = Path(state_dir) / "drift" / f"{variant}-v{self.version}.json"
-        self.events = EventLog(events_path)
-        self.retrain = retrain  # the retraining coordinator (on_drift: retrain), told of drifts
+        self.events = EventLog(app.events_path)
+        self.retrain = retrain
         self._notices: set[asyncio.Task[None]] = set()
         self.restored_from: dict[str, Any] | None = None
         self.dropped: dict[str, int] = {}  # replica -> rows it could not deliver (cumulative)

@@ -12,32 +12,23 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from serving.drift import DriftFeeder
+from serving.settings import AppSettings
+from shipyard.bundle.graph import OnnxPredictor
+from shipyard.bundle.schema import InputSchema
 from shipyard.errors import InvalidInput
-from shipyard.onnx_model import OnnxPredictor
-from shipyard.registry import Registry
-from shipyard.schema import InputSchema
-from shipyard.serving_config import DriftSection
+from shipyard.registry import Loader, registry_loader
 
 logger = logging.getLogger(__name__)
-
-Loader = Callable[[str, int, str | None], Path]
 
 
 class InjectedFault(RuntimeError):
     """Raised on purpose by a variant configured with `faults.error_rate` (canary drills)."""
-
-
-def registry_loader(model: str, version: int, tracking_uri: str | None) -> Path:
-    """Download a version from the registry; raises ArtifactError on any checksum mismatch."""
-    return Registry(tracking_uri).download(model, version)
 
 
 def _rows(feeds: list[dict[str, np.ndarray]]) -> int:
@@ -48,35 +39,27 @@ class VariantModel:
     """Predict and explain with one registered version."""
 
     def __init__(
-        self,
-        model: str,
-        version: int,
-        variant: str,
-        tracking_uri: str | None = None,
-        onnx_threads: int = 1,
-        max_batch_size: int = 256,
-        batch_wait_ms: float = 1.0,
-        faults: dict[str, float] | None = None,
-        loader: Loader | None = None,
-        drift: Any = None,
-        drift_config: dict[str, Any] | None = None,
+        self, app: AppSettings, variant: str, loader: Loader | None = None, drift: Any = None
     ) -> None:
-        bundle = (loader or registry_loader)(model, version, tracking_uri)
+        """`drift`: the variant's drift actor (a handle), fed off the request path."""
+        v = app.variant(variant)
+        model, version = app.model, app.versions[variant]
+        bundle = (loader or registry_loader)(model, version, app.tracking_uri)
         self.model, self.version, self.variant = model, int(version), variant
         self.schema = InputSchema.from_dict(json.loads((bundle / "input_schema.json").read_text()))
         self.predictor = OnnxPredictor(
-            (bundle / "model.onnx").read_bytes(), self.schema, threads=onnx_threads
+            (bundle / "model.onnx").read_bytes(), self.schema, threads=v.onnx_threads
         )
         self._booster_path = bundle / "booster.ubj"
         self._booster: Any = None
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = v.max_batch_size
         batcher: Any = self._run_batched
-        batcher.set_max_batch_size(max_batch_size)
-        batcher.set_batch_wait_timeout_s(batch_wait_ms / 1000)
-        self.faults = faults or {}
+        batcher.set_max_batch_size(v.max_batch_size)
+        batcher.set_batch_wait_timeout_s(v.batch_wait_ms / 1000)
+        self.faults = v.faults
         self.feeder: DriftFeeder | None = None
-        if drift is not None:  # the variant's drift actor: fed off the request path
-            c = DriftSection.model_validate(drift_config or {})
+        if drift is not None:
+            c = app.config.drift
             self.feeder = DriftFeeder(
                 lambda batch: drift.ingest.remote(batch),
                 batch_rows=c.batch_rows,
@@ -97,19 +80,19 @@ class VariantModel:
         }
 
     async def _inject(self) -> None:
-        if self.faults.get("latency_ms"):
-            await asyncio.sleep(self.faults["latency_ms"] / 1000)
-        if self.faults.get("error_rate") and random.random() < self.faults["error_rate"]:
+        if self.faults.latency_ms:
+            await asyncio.sleep(self.faults.latency_ms / 1000)
+        if self.faults.error_rate and random.random() < self.faults.error_rate:
             raise InjectedFault(f"variant {self.variant!r}: injected failure (faults.error_rate)")
 
     async def predict(self, instances: list[Any]) -> dict[str, Any]:
-        """Records -> predictions; a client error comes back as {"error", "status"}, not raised."""
+        """Records -> predictions; a record that does not fit the schema raises InvalidRecord."""
         try:
             feed = self.schema.validate_records(instances)
         except InvalidInput as err:
             if self.feeder is not None and err.field:
                 self.feeder.add_type_error(err.field)
-            return {"error": err.message, "status": 422}
+            raise
         await self._inject()
         if len(instances) > self.max_batch_size:
             out = self.predictor.run(feed)  # already a batch: no point queueing it
@@ -159,10 +142,7 @@ class VariantModel:
         """Per-feature contributions (XGBoost SHAP values on the native booster) and base value."""
         import xgboost as xgb
 
-        try:
-            feed = self.schema.validate_records([instance])
-        except InvalidInput as err:
-            return {"error": err.message, "status": 422}
+        feed = self.schema.validate_records([instance])  # InvalidRecord
         if self._booster is None:
             self._booster = xgb.Booster()
             self._booster.load_model(str(self._booster_path))
@@ -177,13 +157,15 @@ class VariantModel:
         }
         if contribs.ndim == 1:  # binary / regression: [features + bias]
             out["base_value"] = float(contribs[-1])
-            out["contributions"] = dict(zip(names, contribs[:-1].astype(float).tolist()))
+            out["contributions"] = dict(
+                zip(names, contribs[:-1].astype(float).tolist(), strict=True)
+            )
         else:  # multiclass: [classes, features + bias]
             out["base_value"] = {
                 str(c): float(contribs[k, -1]) for k, c in enumerate(self.schema.classes)
             }
             out["contributions"] = {
-                str(c): dict(zip(names, contribs[k, :-1].astype(float).tolist()))
+                str(c): dict(zip(names, contribs[k, :-1].astype(float).tolist(), strict=True))
                 for k, c in enumerate(self.schema.classes)
             }
         return out

@@ -6,7 +6,7 @@ follows the job, and holds the new version until a person approves it (POST
 /retrain/<id>/approve, or `shipyard retrain approve <id>`). Approval redeploys the app the way
 `serve deploy` does, with the new version as a variant at `retrain.canary_weight`; the canary
 guardrails then watch it like any other treatment. The decision logic is
-`shipyard.retrain.Retrainer`; this class adds the job API, the Serve API and a poll loop.
+`shipyard.monitoring.retrain.Retrainer`; this class adds the job API, the Serve API and a poll loop.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from typing import Any, Protocol
 
 import yaml
 
-from shipyard.errors import ShipyardError
+from serving.settings import AppSettings
+from shipyard.config.serving import ServingConfig
+from shipyard.contract import TRIGGER_ENV, parse_result, project_root
+from shipyard.errors import DeployFailed, ShipyardError
 from shipyard.events import EventLog
-from shipyard.retrain import (
-    TRIGGER_ENV,
+from shipyard.monitoring.retrain import (
     Retrainer,
     canary_name,
     job_entrypoint,
-    parse_job_result,
     resolve_job_config,
     with_canary,
 )
-from shipyard.serving_config import ServingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -124,34 +124,32 @@ class ServeDeployer:
 class RetrainCoordinator:
     def __init__(
         self,
-        config: dict[str, Any],
-        versions: dict[str, int],
-        state_dir: str,
-        events_path: str,
+        app: AppSettings,
         store: Any = None,
         jobs: Jobs | None = None,
         deployer: Deployer | None = None,
         python: str = sys.executable,
     ) -> None:
-        import jobs as jobs_package
-
-        self.cfg = ServingConfig.model_validate(config)
+        """`store`: the experiment store (a handle); `jobs` and `deployer` default to Ray's job
+        submission and Serve's REST API, created on first use."""
+        self.cfg = app.config
         self.section = self.cfg.retrain
-        self.versions = dict(versions)
-        self.state_dir = Path(state_dir)
+        self.versions = dict(app.versions)
+        self.state_dir = Path(app.state_dir)
         self.retrainer = Retrainer(
             self.cfg.model,
             self.section,
             self.state_dir / "retrain.json",
             enabled=self.cfg.on_drift == "retrain",
         )
-        self.events = EventLog(events_path)
+        self.events = EventLog(app.events_path)
         self.store = store
         self._jobs, self._deployer = jobs, deployer
         self.python = python
-        root = Path(jobs_package.__file__).resolve().parents[1]
         self.job_config = (
-            resolve_job_config(self.section.job_config, root) if self.section.job_config else None
+            resolve_job_config(self.section.job_config, project_root())
+            if self.section.job_config
+            else None
         )
         self._poll_task: asyncio.Task[None] | None = None
         self._reconcile()
@@ -235,7 +233,7 @@ class RetrainCoordinator:
             if status not in TERMINAL:
                 continue
             logs = await asyncio.to_thread(self.jobs.logs, r["submission_id"])
-            r = self.retrainer.job_finished(r["id"], status, parse_job_result(logs), message)
+            r = self.retrainer.job_finished(r["id"], status, parse_result(logs), message)
             kind = {"awaiting_approval": "retrain_awaiting_approval", "deploying": "retrain_approved",
                     "gates_failed": "retrain_gates_failed"}.get(r["status"], "retrain_failed")  # fmt: skip
             self._emit(kind, r, reason=r.get("reason"), error=r.get("error"))
@@ -252,23 +250,17 @@ class RetrainCoordinator:
         return self.retrainer.report()
 
     async def approve(self, request_id: str, by: str) -> dict[str, Any]:
-        try:
-            r = self.retrainer.approve(request_id, by)
-        except ShipyardError as err:
-            return {"error": err.message, "status": err.http_status}
+        r = self.retrainer.approve(request_id, by)  # RetrainNotFound, RetrainConflict
         self._emit("retrain_approved", r, by=by)
         return await self._deploy(r)
 
     async def reject(self, request_id: str, by: str, reason: str) -> dict[str, Any]:
-        try:
-            r = self.retrainer.reject(request_id, by, reason)
-        except ShipyardError as err:
-            return {"error": err.message, "status": err.http_status}
+        r = self.retrainer.reject(request_id, by, reason)  # RetrainNotFound, RetrainConflict
         if r["submission_id"] and r["version"] is None:  # still running: no point finishing it
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.jobs.stop, r["submission_id"])
         self._emit("retrain_rejected", r, by=by, reason=reason)
-        return {"ok": r}
+        return r
 
     async def _deploy(self, r: dict[str, Any]) -> dict[str, Any]:
         """Redeploy the app with the approved version as a canary; on any failure the request
@@ -295,9 +287,9 @@ class RetrainCoordinator:
             logger.exception("deploying retrain request %s failed", r["id"])
             r = self.retrainer.deploy_failed(r["id"], str(err))
             self._emit("retrain_deploy_failed", r, error=str(err)[:500])
-            return {"error": f"deploy failed, live traffic unchanged: {err}", "status": 502}
+            raise DeployFailed(f"deploy failed, live traffic unchanged: {err}") from None
         self._emit("retrain_deploying", r, variant=canary_name(r["version"]), config=str(path))
-        return {"ok": {**r, "serve_config": str(path)}}
+        return {**r, "serve_config": str(path)}
 
 
 def _args(app: dict[str, Any]) -> dict[str, Any]:

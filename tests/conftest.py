@@ -20,7 +20,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # --- Session fixtures shared by integration and model tests (created only when requested) ----
-import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -28,6 +27,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
+
+from shipyard import contract  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "churn-test"
@@ -58,7 +59,7 @@ def cluster(home: Path, job_env: dict[str, str]) -> Iterator[Any]:
 
     Its processes see the registry of the tests and the serving app's admin token.
     """
-    from shipyard.localray import LocalCluster
+    from shipyard.compute.localray import LocalCluster
 
     env = {**job_env, "SHIPYARD_ADMIN_TOKEN": ADMIN_TOKEN, **SERVE_ENV}
     with LocalCluster(num_cpus=2, log_path=home / "ray-start.log", env=env) as c:
@@ -67,7 +68,7 @@ def cluster(home: Path, job_env: dict[str, str]) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def dataset(home: Path) -> Path:
-    from shipyard import datagen
+    from shipyard.demo import datagen
 
     datagen.write_dataset(home / "data", 8000, seed=0, files=3)
     return home / "data"
@@ -91,20 +92,19 @@ def write_config(path: Path, data_path: str, **sections: dict[str, Any]) -> Path
     return path
 
 
-def job_result(out: str, tag: str = "SHIPYARD_RESULT") -> dict[str, Any]:
-    """The JSON a job prints after `tag`. Ray's log streaming can put progress-bar escapes in front
-    of it on the same line, so the tag is searched for, not expected at the line's start."""
-    lines = [x for x in out.splitlines() if f"{tag} {{" in x]
-    assert lines, f"no {tag} line in the job's output:\n{out[-5000:]}"
-    return dict(json.loads(lines[-1].split(f"{tag} ", 1)[1]))
+def job_result(out: str, tag: str = contract.RESULT_TAG) -> dict[str, Any]:
+    """The JSON a job prints after `tag` (the contract's result line)."""
+    result = contract.parse_result(out, tag)
+    assert result is not None, f"no {tag} line in the job's output:\n{out[-5000:]}"
+    return result
 
 
 def submit(
     cluster: Any, job_env: dict[str, str], args: list[str]
 ) -> subprocess.CompletedProcess[str]:
     """The real `ray job submit` CLI, shipping this checkout as the job's runtime env."""
-    from shipyard.localray import ray_env
-    from shipyard.submit import submit_command
+    from shipyard.compute.localray import ray_env
+    from shipyard.compute.submit import submit_command
 
     cmd = submit_command(cluster.address, ["python", "-m", "jobs.train", *args], env_vars=job_env)
     return subprocess.run(cmd, cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=600)

@@ -67,7 +67,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from shipyard.review import export
+    from shipyard.monitoring.review import export
 
     try:
         out = export(Path(args.queue), Path(args.into), Path(args.like), args.target,

@@ -1,12 +1,12 @@
-"""One base exception with specific subclasses; each maps to one HTTP status where it can surface."""
+"""One base exception with a subclass per outcome. Which HTTP status each one becomes is decided
+once, at the serving edge (`serving.edge.STATUS`); a job maps them to exit codes
+(`shipyard.contract.exit_code`)."""
 
 from __future__ import annotations
 
 
 class ShipyardError(Exception):
     """Base of every error Shipyard raises on purpose."""
-
-    http_status = 500
 
     def __init__(self, message: str, *args: object) -> None:
         # Pass every argument up so the exception survives pickling across Ray processes.
@@ -20,33 +20,67 @@ class ShipyardError(Exception):
 class ConfigError(ShipyardError):
     """A config file or override is malformed; the message names the key and what is accepted."""
 
-    http_status = 400
-
 
 class DataValidationError(ShipyardError):
     """The data does not fit the config (missing column, one class, empty, no files ...)."""
 
-    http_status = 422
+
+class ArtifactError(ShipyardError):
+    """A model artifact is missing, corrupt (checksum mismatch) or fails export parity."""
 
 
+# --- what a client of the serving app can cause ------------------------------------------------
 class InvalidInput(ShipyardError):
-    """A request's record does not match the model's input schema. `field` names the feature
-    whose value had the wrong type, when that was the problem (drift counts type errors)."""
-
-    http_status = 400
+    """A request the client can correct: it names what is wrong and what would be accepted.
+    `field` names the feature whose value had the wrong type, when that was the problem (drift
+    counts type errors)."""
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message, field)
         self.field = field
 
 
-class ModelNotFound(ShipyardError):
+class InvalidField(InvalidInput):
+    """A field of a request body holds a value the route cannot take (HTTP 422)."""
+
+
+class InvalidRecord(InvalidField):
+    """A request's record does not match the model's input schema."""
+
+
+class NotFound(ShipyardError):
+    """No such variant, request, route or resource."""
+
+
+class ModelNotFound(NotFound):
     """No registered model or version under that name, number or alias."""
 
-    http_status = 404
+
+class Conflict(ShipyardError):
+    """The request contradicts the current state (e.g. an outcome given twice)."""
 
 
-class ArtifactError(ShipyardError):
-    """A model artifact is missing, corrupt (checksum mismatch) or fails export parity."""
+class PayloadTooLarge(InvalidInput):
+    """A body or a batch over the configured limit."""
 
-    http_status = 500
+
+class Unauthorized(ShipyardError):
+    """An admin route called without credentials."""
+
+
+class Forbidden(ShipyardError):
+    """An admin route called with the wrong credentials."""
+
+
+# --- what the server side can cause ------------------------------------------------------------
+class Unavailable(ShipyardError):
+    """A collaborator (a variant, the experiment store, a drift actor) cannot answer now;
+    retrying shortly may succeed."""
+
+
+class UpstreamTimeout(ShipyardError):
+    """A variant did not answer within `limits.timeout_s`."""
+
+
+class DeployFailed(ShipyardError):
+    """A redeploy was refused; live traffic is unchanged."""

@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from shipyard.contract import WEBHOOK_ENV
 
-WEBHOOK_ENV = "SHIPYARD_WEBHOOK_URL"
+logger = logging.getLogger(__name__)
 
 
 class EventLog:

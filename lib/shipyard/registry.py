@@ -11,15 +11,16 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shipyard.artifacts import verify_bundle
+from shipyard.bundle.files import verify_bundle
+from shipyard.contract import HOME_ENV
 from shipyard.errors import ModelNotFound
 
 logger = logging.getLogger(__name__)
 
-HOME_ENV = "SHIPYARD_HOME"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_DIR = "model"
@@ -71,7 +72,7 @@ class Registry:
         self,
         run_id: str,
         params: dict[str, Any] | None = None,
-        metrics: dict[str, float] | None = None,
+        metrics: dict[str, float | None] | None = None,  # None and NaN are skipped
         tags: dict[str, str] | None = None,
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -162,3 +163,12 @@ class Registry:
         )
         verify_bundle(Path(path))
         return Path(path)
+
+
+Loader = Callable[[str, int, str | None], Path]
+
+
+def registry_loader(model: str, version: int, tracking_uri: str | None) -> Path:
+    """Download a version's bundle from the registry (the default `Loader` of the serving
+    deployments); raises ArtifactError on any checksum mismatch."""
+    return Registry(tracking_uri).download(model, version)

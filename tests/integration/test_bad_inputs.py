@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from shipyard import datagen
+from shipyard import contract
+from shipyard.demo import datagen
 from tests.conftest import run_jobs, write_config
 
 
@@ -29,13 +30,13 @@ def _data(tmp: Path, name: str, df: pd.DataFrame) -> str:
     return str(d)
 
 
-def one_class(tmp: Path, good: str) -> dict:
+def one_class(tmp: Path, good: str) -> dict[str, Any]:
     df = datagen.generate(400)
     df["churned"] = 0
     return {"data": {"path": _data(tmp, "one", df)}}
 
 
-def empty(tmp: Path, good: str) -> dict:
+def empty(tmp: Path, good: str) -> dict[str, Any]:
     return {"data": {"path": _data(tmp, "empty", datagen.generate(100).iloc[:0])}}
 
 
@@ -58,7 +59,7 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def runs(
-    tmp_path_factory: pytest.TempPathFactory, cluster: Any, dataset: Path, job_env: dict,
+    tmp_path_factory: pytest.TempPathFactory, cluster: Any, dataset: Path, job_env: dict[str, str],
     registry: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Every case's job at once (each is a real driver on the test cluster); the registry is
@@ -80,7 +81,7 @@ def runs(
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_data(case: str, runs: dict[str, Any]) -> None:
     proc = runs["procs"][case]
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.returncode == contract.EXIT_INVALID, proc.stderr[-3000:]
     assert CASES[case][1] in proc.stderr
     assert "Traceback" not in proc.stderr
     assert runs["after"] == runs["before"]
@@ -89,6 +90,6 @@ def test_bad_data(case: str, runs: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", list(CONFIGS))
 def test_bad_config(case: str, runs: dict[str, Any]) -> None:
     proc = runs["procs"][case]
-    assert proc.returncode == 2
+    assert proc.returncode == contract.EXIT_INVALID
     assert CONFIGS[case][1] in proc.stderr and "Traceback" not in proc.stderr
     assert runs["after"] == runs["before"]

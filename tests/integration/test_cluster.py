@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
+from shipyard import contract
+from shipyard.compute.localcluster import AutoscalingLocalCluster, preempt, worker_nodes
+from shipyard.compute.localray import ray_env
+from shipyard.compute.submit import submit_command
 from shipyard.events import EventLog
-from shipyard.localcluster import AutoscalingLocalCluster, preempt, worker_nodes
-from shipyard.localray import ray_env
-from shipyard.submit import submit_command
 from tests.conftest import REPO, job_result, write_config
 
 IDLE_S = 20
@@ -53,13 +54,13 @@ def live_actor(cluster: AutoscalingLocalCluster, class_name: str) -> tuple[str, 
     """(node id, pid) of a live actor of this class (waits for one)."""
     from ray.util.state import list_actors
 
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, str | None]] = []
 
     def find() -> tuple[str, int] | None:
         actors = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], limit=1000)
         seen[:] = [(a.class_name, a.node_id) for a in actors]
         mine = [a for a in actors if a.class_name == class_name]
-        return (str(mine[0].node_id), int(mine[0].pid)) if mine else None
+        return (str(mine[0].node_id), int(mine[0].pid or 0)) if mine else None
 
     try:
         return wait_for(f"a live {class_name}", find, 30)  # type: ignore[no-any-return]
@@ -156,7 +157,7 @@ def running_trial_node(study: Path, rounds: int) -> str | None:
 def test_tuning_survives_a_lost_node_and_a_killed_driver(
     acluster: AutoscalingLocalCluster, job_env: dict[str, str], home: Path
 ) -> None:
-    from shipyard import datagen
+    from shipyard.demo import datagen
 
     # Enough rows and rounds that a trial runs for a while (on 8,000 rows a trial takes a
     # second, too short to lose its node in the middle of it).
@@ -202,7 +203,7 @@ def test_tuning_survives_a_lost_node_and_a_killed_driver(
     )
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-6000:]
-    result = job_result(out, "SHIPYARD_TUNE_RESULT")
+    result = job_result(out, contract.TUNE_RESULT_TAG)
     trials = result["trial_summaries"]
     assert len(trials) == TRIALS, trials
     assert result["errors"] == 0, [t["error"] for t in trials if t["error"]]
@@ -218,7 +219,9 @@ def test_tuning_survives_a_lost_node_and_a_killed_driver(
     from shipyard.registry import Registry
 
     reg = Registry(job_env["MLFLOW_TRACKING_URI"])
-    exp = reg.client.get_experiment_by_name("shipyard/churn-cluster-tune").experiment_id
+    experiment = reg.client.get_experiment_by_name("shipyard/churn-cluster-tune")
+    assert experiment is not None
+    exp = experiment.experiment_id
     children = reg.client.search_runs(
         [exp], f"tags.mlflow.parentRunId = '{result['study_run_id']}'"
     )

@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 import ray
 
-from shipyard import datagen
-from shipyard.config import DataSection
+from shipyard.config.jobs import DataSection
+from shipyard.demo import datagen
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def connected(cluster: Any) -> Any:
 
 
 def test_csv_random_split_and_fitted_preprocessing(connected: Any, tmp_path: Path) -> None:
-    from jobs.data import prepare
+    from shipyard.training.data import prepare
 
     datagen.write_dataset(tmp_path / "csv", 3000, seed=5, files=2, fmt="csv")
     cfg = DataSection(

@@ -4,8 +4,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from shipyard.localray import ray_env
-from shipyard.submit import submit_command
+from shipyard import contract
+from shipyard.compute.localray import ray_env
+from shipyard.compute.submit import submit_command
 from tests.conftest import REPO, job_result, write_config
 
 
@@ -23,7 +24,7 @@ def test_learning_curve_job_reports_points_a_fit_and_a_plot(
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    report = job_result(out, "SHIPYARD_LEARNING_CURVE")
+    report = job_result(out, contract.CURVE_RESULT_TAG)
     rows = [p["rows"] for p in report["points"]]
     assert len(rows) == 4 and rows == sorted(rows) and rows[-1] == report["train_rows"]
     assert all(0.5 < p["auc"] <= 1 for p in report["points"])

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from shipyard import datagen
-from shipyard.onnx_model import OnnxPredictor, parity
-from shipyard.schema import InputSchema
+from shipyard.bundle.graph import OnnxPredictor, parity
+from shipyard.bundle.schema import InputSchema
+from shipyard.demo import datagen
 from tests.conftest import run_jobs, write_config
 
 
@@ -41,7 +41,7 @@ TASKS = {"multiclass": "tier", "regression": "spend"}
 
 @pytest.fixture(scope="module")
 def trained_tasks(
-    tmp_path_factory: pytest.TempPathFactory, cluster: Any, job_env: dict
+    tmp_path_factory: pytest.TempPathFactory, cluster: Any, job_env: dict[str, str]
 ) -> dict[str, Any]:
     """Both tasks' jobs at once, one CPU each on the 2-CPU test cluster."""
     jobs = {}

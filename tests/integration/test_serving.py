@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,7 +31,7 @@ import requests
 import yaml
 from scipy import stats
 
-from shipyard.routing import Allocation, bucket_of
+from shipyard.ab.routing import Allocation, bucket_of
 from tests.conftest import ADMIN_TOKEN
 
 SERVE_MODEL = "churn-serve"
@@ -93,7 +94,8 @@ class Client:
         """One HTTP session per thread (sessions are not shared across threads)."""
         if not hasattr(self._local, "session"):
             self._local.session = requests.Session()
-        return self._local.session
+        session: requests.Session = self._local.session
+        return session
 
     def predict(
         self, key: str | None = None, n: int = 1, headers: dict[str, str] | None = None
@@ -113,12 +115,14 @@ class Client:
     def traffic(self, **body: Any) -> dict[str, Any]:
         r = self.session.put(f"{self.url}/variants", json=body, headers=ADMIN, timeout=30)
         assert r.status_code == 200, r.text
-        return r.json()
+        out: dict[str, Any] = r.json()
+        return out
 
     def get(self, path: str) -> dict[str, Any]:
         r = self.session.get(f"{self.url}{path}", timeout=30)
         assert r.status_code == 200, r.text
-        return r.json()
+        out: dict[str, Any] = r.json()
+        return out
 
 
 def many(fn: Any, args: list[Any], workers: int = 8) -> list[Any]:
@@ -140,10 +144,10 @@ def client(
     import ray
     from ray import serve
 
-    from shipyard.localray import free_port, ray_env
+    from shipyard.compute.localray import free_port, ray_env
 
     if not ray.is_initialized():
-        ray.init(address=cluster.gcs_address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=cluster.gcs_address, logging_level=logging.WARNING, log_to_driver=False)
     port = free_port()
     frame = pd.read_parquet(sorted(dataset.glob("*.parquet"))[0]).head(200)
     records = json.loads(frame.drop(columns=["ts"]).to_json(orient="records"))
@@ -197,11 +201,11 @@ def test_split_matches_weights(client: Client) -> None:
 def test_keys_are_sticky_and_move_only_from_control(client: Client) -> None:
     client.traffic(weights={"control": 90, "treatment": 10, "canary": 0})
     keys = [f"user-{i}" for i in range(600)]
-    before = dict(zip(keys, [r.json()["variant"] for r in many(client.predict, keys)]))
-    again = dict(zip(keys, [r.json()["variant"] for r in many(client.predict, keys)]))
+    before = dict(zip(keys, [r.json()["variant"] for r in many(client.predict, keys)], strict=True))
+    again = dict(zip(keys, [r.json()["variant"] for r in many(client.predict, keys)], strict=True))
     assert before == again
     client.traffic(weights={"control": 60, "treatment": 40})
-    after = dict(zip(keys, [r.json()["variant"] for r in many(client.predict, keys)]))
+    after = dict(zip(keys, [r.json()["variant"] for r in many(client.predict, keys)], strict=True))
     moves = Counter((before[k], after[k]) for k in keys if before[k] != after[k])
     assert set(moves) == {("control", "treatment")}, moves
     # The share follows the weights (binomial, 600 keys): ~40% treatment now.
@@ -249,7 +253,7 @@ def test_weight_change_under_load_fails_no_request(client: Client) -> None:
         s = requests.Session()
         n = 0
         while not stop.is_set():
-            body = {"instances": client.records[:1], "key": f"load-{i}-{n % 50}"}
+            body: dict[str, Any] = {"instances": client.records[:1], "key": f"load-{i}-{n % 50}"}
             statuses.append(s.post(f"{client.url}/predict", json=body, timeout=30).status_code)
             n += 1
 
@@ -540,7 +544,7 @@ def _wait_windows(client: Client, n: int, variant: str = "control") -> dict[str,
 
 
 def test_drift_none_is_quiet_and_each_scenario_drifts_what_it_touched(client: Client) -> None:
-    from shipyard import datagen
+    from shipyard.demo import datagen
 
     _flush_drift()
     d = _drift(client)

@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from shipyard import datagen
-from shipyard.artifacts import REQUIRED
+from shipyard import contract
+from shipyard.bundle.files import REQUIRED
+from shipyard.bundle.graph import OnnxPredictor, native_predict, parity
+from shipyard.bundle.schema import InputSchema
+from shipyard.demo import datagen
 from shipyard.events import EventLog
-from shipyard.onnx_model import OnnxPredictor, native_predict, parity
 from shipyard.registry import CHALLENGER, CHAMPION
-from shipyard.schema import InputSchema
 from tests.conftest import MODEL, run_job, submit
 
 
@@ -124,7 +125,7 @@ def test_failed_gate_is_tracked_and_registers_nothing(
     later_runs: dict[str, Any], registry: Any, home: Path
 ) -> None:
     proc = later_runs["gated"]
-    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.returncode == contract.EXIT_GATES, proc.stderr[-3000:]
     assert "gates.baseline_margin=0.5" in proc.stderr
     runs = registry.client.search_runs(
         [registry.client.get_experiment_by_name(f"shipyard/{MODEL}").experiment_id],

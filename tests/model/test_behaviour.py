@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from shipyard import datagen
-from shipyard.onnx_model import OnnxPredictor
+from shipyard.bundle.graph import OnnxPredictor
+from shipyard.bundle.schema import InputSchema
+from shipyard.demo import datagen
 from shipyard.registry import CHAMPION
-from shipyard.schema import InputSchema
 from tests.conftest import MODEL
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from scipy import stats
 
-from shipyard import abstats
-from shipyard.abstats import Moments
+from shipyard.ab import statistics as abstats
+from shipyard.ab.statistics import Moments
 
 
 def test_moments_merge_exactly() -> None:
@@ -114,7 +116,7 @@ def test_sequential_p_value_detects_a_real_difference() -> None:
         ({"sequential_p": 0.2, "diff": 0.02}, "keep running"),
     ],
 )
-def test_recommendation(kwargs: dict, decision: str) -> None:
+def test_recommendation(kwargs: dict[str, Any], decision: str) -> None:
     base = dict(guardrail_tripped=None, srm_flagged=False, n_control=500, n_treatment=500,
                 min_outcomes=100, sequential_p=None, diff=None, alpha=0.05)  # fmt: skip
     assert abstats.recommend(**{**base, **kwargs})[0] == decision

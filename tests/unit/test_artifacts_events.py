@@ -2,10 +2,11 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shipyard.artifacts import REQUIRED, verify_bundle, write_bundle
+from shipyard.bundle.files import REQUIRED, verify_bundle, write_bundle
 from shipyard.errors import ArtifactError
 from shipyard.events import EventLog
 
@@ -39,7 +40,7 @@ def test_missing_file_and_manifest(tmp_path: Path) -> None:
 
 
 def test_events_go_to_log_and_webhook(tmp_path: Path) -> None:
-    received: list[dict] = []
+    received: list[dict[str, Any]] = []
 
     class Hook(BaseHTTPRequestHandler):
         def do_POST(self) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shipyard.localcluster import autoscaling_config
-from shipyard.spot import CAPACITY_LABEL, spot_types
+from shipyard.compute.localcluster import autoscaling_config
+from shipyard.compute.spot import CAPACITY_LABEL, spot_types
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 CLOUDS = ["aws.yaml", "gcp.yaml"]
@@ -43,8 +43,8 @@ def test_ray_accepts_the_cloud_configs(name: str) -> None:
     assert types["gpu-spot"]["docker"]["worker_image"].startswith("rayproject/ray:2.60.0-py311-gpu")
     head_cmds = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_cmds and "--num-cpus=0" in head_cmds
-    assert "shipyard.spot fallback" in head_cmds
-    assert "shipyard.spot watch" in " ".join(cfg["worker_start_ray_commands"])
+    assert "shipyard.compute.spot fallback" in head_cmds
+    assert "shipyard.compute.spot watch" in " ".join(cfg["worker_start_ray_commands"])
     assert any("requirements.lock" in c for c in cfg["setup_commands"])
 
 
@@ -117,7 +117,7 @@ def test_kuberay_cluster_translates_to_spot_and_on_demand_node_types() -> None:
     ]
     for g in spot_groups:  # the preStop hook drains with reason PREEMPTION
         hook = g["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
-        assert hook[:4] == ["python", "-m", "shipyard.spot", "drain-self"]
+        assert hook[:4] == ["python", "-m", "shipyard.compute.spot", "drain-self"]
 
 
 def test_kuberay_job_and_service() -> None:
@@ -139,7 +139,7 @@ def test_the_local_cluster_config_passes_ray_validation() -> None:
     cfg = autoscaling_config("127.0.0.1:6379", Path("/tmp/outage"))
     validate_config(cfg)
     assert spot_types(cfg) == ["cpu-spot"]
-    assert cfg["provider"]["module"] == "shipyard.localcluster.LocalSpotProvider"
+    assert cfg["provider"]["module"] == "shipyard.compute.localcluster.LocalSpotProvider"
 
 
 def test_the_iam_policies_the_aws_config_names_exist() -> None:

@@ -1,8 +1,10 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shipyard.config import TrainJobConfig, load_train_config, parse_config
+from shipyard.config.base import parse_config
+from shipyard.config.jobs import TrainJobConfig, load_train_config
 from shipyard.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +31,7 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     assert cfg.data.holdout == 0.2
 
 
-def _with(section: str, **kv: object) -> dict:
+def _with(section: str, **kv: Any) -> dict[str, Any]:
     d = {k: dict(v) for k, v in GOOD.items()}
     d.setdefault(section, {}).update(kv)
     return d

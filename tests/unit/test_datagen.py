@@ -1,8 +1,10 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from shipyard import datagen
+from shipyard.demo import datagen
 
 
 def test_deterministic_and_seeded() -> None:
@@ -51,7 +53,7 @@ def test_unknown_scenario_lists_accepted() -> None:
         datagen.generate(10, scenario="meteor")
 
 
-def test_write_dataset_parquet_and_csv(tmp_path) -> None:
+def test_write_dataset_parquet_and_csv(tmp_path: Path) -> None:
     paths = datagen.write_dataset(tmp_path / "p", 1000, files=3)
     assert len(paths) == 3
     back = pd.concat(pd.read_parquet(p) for p in paths)

@@ -1,11 +1,14 @@
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from shipyard import datagen, dataspec
-from shipyard.config import DataSection
+from shipyard.config.jobs import DataSection
+from shipyard.demo import datagen
 from shipyard.errors import DataValidationError
+from shipyard.training import dataspec
 
 SCHEMA = pa.schema(
     [("id", pa.int64()), ("ts", pa.timestamp("ms")), ("x", pa.float64()), ("n", pa.int32()),
@@ -14,7 +17,7 @@ SCHEMA = pa.schema(
 
 
 def data(**kw: object) -> DataSection:
-    return DataSection(**{"path": "p", "target": "y", "task": "binary", **kw})  # type: ignore[arg-type]
+    return DataSection(**{"path": "p", "target": "y", "task": "binary", **kw})
 
 
 def test_infers_kinds_and_drops() -> None:
@@ -42,7 +45,7 @@ def test_explicit_categorical_can_be_numeric_typed() -> None:
     ],
     ids=["missing-target", "unknown-categorical", "unknown-drop", "missing-time", "regression-str", "undeclared-strings"],
 )  # fmt: skip
-def test_plan_errors_name_the_column(kw: dict, match: str) -> None:
+def test_plan_errors_name_the_column(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(DataValidationError, match=match):
         dataspec.plan_columns(SCHEMA, data(**kw))
 

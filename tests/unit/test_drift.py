@@ -3,6 +3,7 @@ episodes and restart from saved state."""
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -10,8 +11,8 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from shipyard import datagen
-from shipyard.drift import (
+from shipyard.demo import datagen
+from shipyard.monitoring.drift import (
     PREDICTION,
     DriftMonitor,
     DriftSettings,
@@ -143,7 +144,7 @@ def test_bins_match_the_training_profile(reference: Reference) -> None:
 # --- windows and verdicts --------------------------------------------------------------------
 
 
-def stream(monitor: DriftMonitor, df: pd.DataFrame, batch: int = 500) -> list[dict]:
+def stream(monitor: DriftMonitor, df: pd.DataFrame, batch: int = 500) -> list[dict[str, Any]]:
     events = []
     for i in range(0, len(df), batch):
         events += monitor.add(feed_of(df.iloc[i : i + batch]), now=1000.0 + i)

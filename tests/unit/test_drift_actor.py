@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 
 from serving.drift import DriftActor, DriftFeeder
-from shipyard import datagen
-from shipyard.drift import profile_of_frame
+from serving.settings import AppSettings
+from shipyard.config.serving import ServingConfig
+from shipyard.demo import datagen
 from shipyard.events import EventLog
+from shipyard.monitoring.drift import profile_of_frame
 from tests.unit.test_drift import CATEGORICAL, NUMERIC, feed_of
 
 
@@ -101,12 +103,16 @@ def bundle(tmp_path: Path) -> Path:
     return d
 
 
-def actor(bundle: Path, tmp_path: Path, **kwargs: Any) -> DriftActor:
-    return DriftActor(
-        "churn", 3, "control", {"window_rows": 2000, "checkpoint_s": 0.1},
-        str(tmp_path / "state"), str(tmp_path / "events.jsonl"),
-        loader=lambda model, version, uri: bundle, **kwargs,
+def actor(bundle: Path, tmp_path: Path, retrain: Any = None, **sections: Any) -> DriftActor:
+    """The drift actor of variant `control` (version 3) with config `sections` (performance,
+    review) beside a small drift window."""
+    config = ServingConfig.model_validate(
+        {"model": "churn", "variants": [{"name": "control", "version": 3, "weight": 100}],
+         "drift": {"window_rows": 2000, "checkpoint_s": 0.1}, **sections}
     )  # fmt: skip
+    app = AppSettings(config=config, versions={"control": 3}, state_dir=str(tmp_path / "state"),
+                      events_path=str(tmp_path / "events.jsonl"))  # fmt: skip
+    return DriftActor(app, "control", loader=lambda model, version, uri: bundle, retrain=retrain)
 
 
 class Coordinator:

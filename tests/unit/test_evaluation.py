@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from shipyard import evaluation as ev
-from shipyard.config import GatesSection
+from shipyard.config.jobs import GatesSection
+from shipyard.training import evaluation as ev
 
 
 def test_binary_metrics_match_sklearn() -> None:

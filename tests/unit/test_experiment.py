@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from shipyard.errors import InvalidInput, ModelNotFound
+from shipyard.ab.experiment import Experiment
+from shipyard.config.serving import ServingConfig, TrafficUpdate, parse_serving_config
+from shipyard.errors import Conflict, InvalidInput, ModelNotFound
 from shipyard.events import EventLog
-from shipyard.experiment import Conflict, Experiment
-from shipyard.serving_config import ServingConfig, TrafficUpdate, parse_serving_config
 
 
 class FakeAliases:

@@ -12,7 +12,9 @@ def test_recovers_a_known_curve_and_its_saturation_point(higher_is_better: bool)
     rows = [500, 1000, 2000, 4000, 8000, 16000]
     sign = 1 if higher_is_better else -1
     rng = np.random.default_rng(0)
-    scores = [sign * power_law(np.array(float(n)), a, b, c) + rng.normal(0, 1e-4) for n in rows]
+    scores = [
+        float(sign * power_law(np.array(float(n)), a, b, c) + rng.normal(0, 1e-4)) for n in rows
+    ]
     out = fit_curve(rows, scores, higher_is_better, min_gain)
     truth = (b * (1 - 2**-c) / min_gain) ** (1 / c)  # b m^-c (1 - 2^-c) = min_gain
     assert out["saturation_rows"] == pytest.approx(truth, rel=0.1)

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from shipyard.localcluster import _pids_of_node
+from shipyard.compute.localcluster import pids_of_node
 
 # A "raylet" (node id on its command line, in the cluster's process group) that starts a
 # "worker" in a process group of its own, as Ray's raylet does.
@@ -30,12 +30,12 @@ def test_a_nodes_processes_include_its_workers_in_other_groups() -> None:
         worker = int(raylet.stdout.readline())
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # wait until the worker is its own group's leader
-            pids = _pids_of_node(raylet.pid, "abc123")
+            pids = pids_of_node(raylet.pid, "abc123")
             if worker in pids:
                 break
             time.sleep(0.1)
         assert pids == sorted([raylet.pid, worker])  # not `other`, not this test process
-        assert _pids_of_node(raylet.pid, "zzz") == []  # `other` is not in the cluster's group
+        assert pids_of_node(raylet.pid, "zzz") == []  # `other` is not in the cluster's group
     finally:
         for p in (raylet, other):
             p.kill()

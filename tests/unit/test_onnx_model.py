@@ -1,18 +1,20 @@
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
 
-from shipyard import datagen
-from shipyard.errors import ArtifactError
-from shipyard.onnx_model import (
+from shipyard.bundle.graph import (
     OnnxPredictor,
     build_onnx,
     native_predict,
     parity,
     single_row_latency,
 )
-from shipyard.schema import Feature, InputSchema
+from shipyard.bundle.schema import Feature, InputSchema
+from shipyard.demo import datagen
+from shipyard.errors import ArtifactError
 
 TRAIN = datagen.generate(3000, seed=0)
 FEATURES = tuple(
@@ -27,7 +29,8 @@ FEATURES = tuple(
 def make(task: str) -> tuple[InputSchema, xgb.Booster]:
     if task == "binary":
         schema = InputSchema(task, "churned", FEATURES, (0, 1))
-        y, params = TRAIN["churned"], {"objective": "binary:logistic"}
+        y = TRAIN["churned"].to_numpy()
+        params: dict[str, Any] = {"objective": "binary:logistic"}
     elif task == "multiclass":
         schema = InputSchema(
             task, "plan", FEATURES[:-3] + FEATURES[-2:], ("basic", "enterprise", "free", "pro")
@@ -38,7 +41,7 @@ def make(task: str) -> tuple[InputSchema, xgb.Booster]:
         schema = InputSchema(
             task, "avg_basket", tuple(f for f in FEATURES if f.name != "avg_basket")
         )
-        y, params = TRAIN["avg_basket"].fillna(0), {"objective": "reg:squarederror"}
+        y, params = TRAIN["avg_basket"].fillna(0).to_numpy(), {"objective": "reg:squarederror"}
     booster = xgb.train({**params, "max_depth": 4}, xgb.DMatrix(schema.encode(TRAIN), label=y), 30)
     return schema, booster
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.config import SearchParam, TrainJobConfig, TuneSection, reference_markdown
-from shipyard.serving_config import ServingConfig
+from shipyard.config.jobs import SearchParam, TrainJobConfig, TuneSection, reference_markdown
+from shipyard.config.serving import ServingConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

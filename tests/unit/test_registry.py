@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.artifacts import REQUIRED, write_bundle
+from shipyard.bundle.files import REQUIRED, write_bundle
 from shipyard.errors import ArtifactError, ModelNotFound
 from shipyard.registry import CHAMPION, MODEL_DIR, Registry
 
@@ -41,7 +41,8 @@ def test_register_alias_download(registry: Registry, tmp_path: Path) -> None:
     assert (v1, v2) == (1, 2)
     registry.set_alias("m", CHAMPION, v1)
     assert registry.aliases("m") == {CHAMPION: 1}
-    assert int(registry.champion("m").version) == 1
+    champion = registry.champion("m")
+    assert champion is not None and int(champion.version) == 1
     path = registry.download("m", CHAMPION, tmp_path / "dl")
     assert (path / "model.onnx").read_bytes() == b"one:model.onnx"
     assert (

@@ -8,18 +8,20 @@ from typing import Any
 
 import pytest
 
+from serving.edge import status_of
 from serving.retrain import RetrainCoordinator
-from shipyard.errors import ConfigError
-from shipyard.retrain import (
+from serving.settings import AppSettings
+from shipyard.config.serving import RetrainSection, ServingConfig, parse_serving_config
+from shipyard.contract import parse_result
+from shipyard.errors import ConfigError, DeployFailed
+from shipyard.monitoring.retrain import (
     RetrainConflict,
     Retrainer,
     drift_kinds,
     job_entrypoint,
-    parse_job_result,
     resolve_job_config,
     with_canary,
 )
-from shipyard.serving_config import RetrainSection, ServingConfig, parse_serving_config
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURES = {"variant": "control", "version": 3, "kinds": {"features": ["income"]}}
@@ -123,8 +125,8 @@ def test_job_entrypoint_and_result() -> None:
         "--data s3://b/fresh/ --set a.b=3"
     )
     logs = 'noise\n\x1b[36m(pid=1)\x1b[0m SHIPYARD_RESULT {"registered_version": 4}\nbye\n'
-    assert parse_job_result(logs) == {"registered_version": 4}
-    assert parse_job_result("no result here") is None
+    assert parse_result(logs) == {"registered_version": 4}
+    assert parse_result("no result here") is None
 
 
 def test_job_config_is_resolved_or_refused(tmp_path: Path) -> None:
@@ -206,7 +208,8 @@ class FakeServe:
         self.deployed: list[dict[str, Any]] = []  # fmt: skip
 
     def current(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self.config))
+        copied: dict[str, Any] = json.loads(json.dumps(self.config))
+        return copied
 
     def deploy(self, config: dict[str, Any]) -> None:
         if self.fail:
@@ -230,11 +233,10 @@ def coordinator(tmp_path: Path, serve: FakeServe, jobs: FakeJobs, **versions: in
     config = {**APP, "on_drift": "retrain",
               "retrain": {"job_config": str(REPO / "jobs/configs/demo.yaml"),
                           "data": "/data/fresh", "poll_s": 0.01}}  # fmt: skip
-    return RetrainCoordinator(
-        ServingConfig.model_validate(config).model_dump(mode="json"),
-        {"control": 1, "treatment": 2, "mirror": 2, **versions},
-        str(tmp_path), str(tmp_path / "events.jsonl"), Store(), jobs, serve, python="py",
-    )  # fmt: skip
+    app = AppSettings(config=ServingConfig.model_validate(config),
+                      versions={"control": 1, "treatment": 2, "mirror": 2, **versions},
+                      state_dir=str(tmp_path), events_path=str(tmp_path / "events.jsonl"))  # fmt: skip
+    return RetrainCoordinator(app, Store(), jobs, serve, python="py")
 
 
 def test_coordinator_submits_waits_for_approval_then_redeploys(tmp_path: Path) -> None:
@@ -258,9 +260,9 @@ def test_coordinator_submits_waits_for_approval_then_redeploys(tmp_path: Path) -
         request = c.report()["requests"][0]
         assert request["status"] == "awaiting_approval" and request["version"] == 7
         assert serve.deployed == []  # nothing reaches traffic before a person approves
-        out = await c.approve(request["id"], "alice")
-        assert out["ok"]["status"] == "deploying" and out["ok"]["decided_by"] == "alice"
-        return out["ok"]
+        out: dict[str, Any] = await c.approve(request["id"], "alice")
+        assert out["status"] == "deploying" and out["decided_by"] == "alice"
+        return out
 
     request = asyncio.run(run())
     (config,) = serve.deployed
@@ -283,16 +285,18 @@ def test_coordinator_submits_waits_for_approval_then_redeploys(tmp_path: Path) -
 def test_a_failed_redeploy_leaves_traffic_and_waits_again(tmp_path: Path) -> None:
     jobs, serve = FakeJobs(), FakeServe(fail=True)
 
-    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+    async def run() -> tuple[DeployFailed, dict[str, Any]]:
         c = coordinator(tmp_path, serve, jobs)
         await c.on_drift(FEATURES)
         jobs.state, jobs.log = "SUCCEEDED", 'SHIPYARD_RESULT {"registered_version": 7}'
         await c.poll()
         rid = c.report()["requests"][0]["id"]
-        return await c.approve(rid, "alice"), c.report()["requests"][0]
+        with pytest.raises(DeployFailed) as failed:
+            await c.approve(rid, "alice")
+        return failed.value, c.report()["requests"][0]
 
     answer, request = asyncio.run(run())
-    assert answer["status"] == 502 and "live traffic unchanged" in answer["error"]
+    assert status_of(answer) == 502 and "live traffic unchanged" in answer.message
     assert request["status"] == "awaiting_approval" and "dashboard unreachable" in request["error"]
     assert serve.deployed == []
 
@@ -304,9 +308,11 @@ def test_rejecting_a_request(tmp_path: Path) -> None:
         c = coordinator(tmp_path, serve, jobs)
         await c.on_drift(FEATURES)
         rid = c.report()["requests"][0]["id"]
-        out = await c.reject(rid, "bob", "trained on a holiday week")
-        assert (await c.approve(rid, "alice"))["status"] == 409
-        return out["ok"]
+        out: dict[str, Any] = await c.reject(rid, "bob", "trained on a holiday week")
+        with pytest.raises(RetrainConflict) as again:
+            await c.approve(rid, "alice")
+        assert status_of(again.value) == 409
+        return out
 
     request = asyncio.run(run())
     assert request["status"] == "rejected" and request["reason"] == "trained on a holiday week"

@@ -8,10 +8,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from shipyard import datagen
+from shipyard.demo import datagen
 from shipyard.errors import DataValidationError
-from shipyard.performance import PerformanceMonitor, auc_standard_error
-from shipyard.review import ReviewSampler, export
+from shipyard.monitoring.performance import PerformanceMonitor, auc_standard_error
+from shipyard.monitoring.review import ReviewSampler, export
 
 
 def test_auc_standard_error_matches_hanley_mcneil() -> None:
@@ -30,7 +30,7 @@ def test_a_small_drop_or_a_small_sample_is_not_drift() -> None:
     mon = PerformanceMonitor("binary", {"auc": 0.75}, max_drop=0.05)
     y = (rng.random(1000) < 0.3).astype(float)
     p = 1 / (1 + np.exp(-(0.82 * y + rng.normal(0, 1, 1000))))  # binormal, AUC ~0.72
-    for a, b in zip(p, y):
+    for a, b in zip(p, y, strict=True):
         mon.add(float(a), float(b), 0.0)
     v = mon.judge()
     assert v["judged"] and 0.70 < v["value"] < 0.80 and not v["drifted"]
@@ -56,7 +56,7 @@ def test_export_appends_labelled_rows_shaped_like_the_training_data(tmp_path: Pa
     like.parent.mkdir()
     train.to_parquet(like, index=False)
     features = train.drop(columns=["churned", "ts", "customer_id"])
-    feed = {k: features[k].to_numpy().reshape(-1, 1) for k in features}
+    feed = {str(k): features[k].to_numpy().reshape(-1, 1) for k in features}
     queue = tmp_path / "review" / "v1.csv"
     sampler = ReviewSampler(queue, band=0.5, sample_rate=1.0, seed=0)
     assert sampler.offer(feed, np.full(len(features), 0.5), "control", 1) == 200
@@ -83,7 +83,7 @@ def test_a_bad_label_is_refused_and_nothing_moves(tmp_path: Path) -> None:
     features = train.drop(columns=["churned", "ts", "customer_id"])
     queue = tmp_path / "v1.csv"
     ReviewSampler(queue, band=0.5, sample_rate=1.0).offer(
-        {k: features[k].to_numpy().reshape(-1, 1) for k in features}, np.full(50, 0.5), "c", 1
+        {str(k): features[k].to_numpy().reshape(-1, 1) for k in features}, np.full(50, 0.5), "c", 1
     )
     rows = pd.read_csv(queue, dtype=str, keep_default_na=False)
     rows.loc[0, "label"] = "maybe"
@@ -102,7 +102,7 @@ def test_review_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     features = train.drop(columns=["churned", "ts", "customer_id"])
     queue = tmp_path / "v1.csv"
     sampler = ReviewSampler(queue, band=0.5, sample_rate=1.0)
-    sampler.offer({k: features[k].to_numpy().reshape(-1, 1) for k in features},
+    sampler.offer({str(k): features[k].to_numpy().reshape(-1, 1) for k in features},
                   np.full(30, 0.5), "c", 1)  # fmt: skip
     rows = pd.read_csv(queue, dtype=str, keep_default_na=False)
     rows.loc[:2, "label"] = "1"

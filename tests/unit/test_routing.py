@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from shipyard.routing import BUCKETS, Allocation, bucket_of, shadow_hit, targets
+from shipyard.ab.routing import BUCKETS, Allocation, bucket_of, shadow_hit, targets
 
 
 def test_targets_follow_weights_and_sum_to_all_buckets() -> None:
@@ -76,4 +76,4 @@ def test_shadow_share_is_sticky_and_about_right() -> None:
     assert abs(sum(hits) / len(keys) - 0.2) < 0.03
     assert not any(shadow_hit(k, "cand", 0) for k in keys[:100])
     wider = [shadow_hit(k, "cand", 40) for k in keys]
-    assert all(w for h, w in zip(hits, wider) if h)  # raising the share only adds keys
+    assert all(w for h, w in zip(hits, wider, strict=True) if h)  # raising the share only adds keys

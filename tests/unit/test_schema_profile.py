@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shipyard import datagen
+from shipyard.bundle.profile import ProfileAccumulator, quantile_edges, reference_profile
+from shipyard.bundle.schema import Feature, InputSchema
+from shipyard.demo import datagen
 from shipyard.errors import InvalidInput
-from shipyard.profile import ProfileAccumulator, quantile_edges, reference_profile
-from shipyard.schema import Feature, InputSchema
 
 SCHEMA = InputSchema(
     task="binary",

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
+from shipyard.bundle.schema import Feature, InputSchema
+from shipyard.config.serving import TrafficUpdate, load_serving_args, parse_serving_config
 from shipyard.errors import ConfigError, InvalidInput
-from shipyard.schema import Feature, InputSchema
-from shipyard.serving_config import TrafficUpdate, load_serving_args, parse_serving_config
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"model": "m", "variants": [{"name": "a", "version": "champion", "weight": 1}]}
@@ -110,12 +110,11 @@ def test_integer_categories_read_as_strings() -> None:
 
 
 def test_drift_section_maps_onto_the_statistics_settings() -> None:
-    import dataclasses
+    from shipyard.config.serving import DriftSection
+    from shipyard.monitoring.drift import DriftSettings
 
-    from shipyard.drift import DriftSettings
-    from shipyard.serving_config import DriftSection
-
-    assert {f.name for f in dataclasses.fields(DriftSettings)} <= set(DriftSection.model_fields)
+    assert set(DriftSettings.model_fields) <= set(DriftSection.model_fields)
+    assert issubclass(DriftSection, DriftSettings)  # one definition of the statistics' fields
     s = DriftSection(window_rows=123, correction="bh", psi_threshold=0.05).settings()
     assert (s.window_rows, s.correction, s.psi_threshold) == (123, "bh", 0.05)
     assert DriftSection().settings() == DriftSettings()  # one set of defaults

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shipyard import spot
+from shipyard.compute import spot
 
 
 class FakeMetadata:
@@ -145,7 +145,7 @@ CONFIG = {
 
 
 def apply(config: dict[str, Any], changes: dict[str, int]) -> dict[str, Any]:
-    out = json.loads(json.dumps(config))
+    out: dict[str, Any] = json.loads(json.dumps(config))
     for t, p in changes.items():
         out["available_node_types"][t]["priority"] = p
     return out

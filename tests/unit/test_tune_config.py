@@ -1,11 +1,12 @@
 """The tuning job's config: the search space in YAML, errors that name the key."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from shipyard.config import TuneJobConfig, load_tune_config
+from shipyard.config.jobs import TuneJobConfig, load_tune_config
 from shipyard.errors import ConfigError
 
 BASE = {
@@ -15,7 +16,7 @@ BASE = {
 }
 
 
-def write(tmp_path: Path, tune: dict) -> Path:
+def write(tmp_path: Path, tune: dict[str, Any]) -> Path:
     p = tmp_path / "tune.yaml"
     p.write_text(yaml.safe_dump({**BASE, "tune": tune}))
     return p
@@ -58,7 +59,7 @@ def test_space_becomes_ray_tune_domains(tmp_path: Path) -> None:
         ({"num_sample": 3}, "tune.num_sample: unknown key"),
     ],
 )
-def test_bad_tune_sections_name_the_key(tmp_path: Path, tune: dict, message: str) -> None:
+def test_bad_tune_sections_name_the_key(tmp_path: Path, tune: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", ".")):
         load_tune_config(write(tmp_path, tune))
 
@@ -99,7 +100,7 @@ def test_searchers_carry_the_concurrency_limit(searcher: str) -> None:
     """Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator (a warning
     only): the limit must be the search algorithm's own."""
     from jobs.tune import make_searcher
-    from shipyard.config import TuneSection
+    from shipyard.config.jobs import TuneSection
 
     alg = make_searcher(TuneSection(searcher=searcher, max_concurrent_trials=2))
     assert alg.max_concurrent == 2

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidRecord
 
 FORMAT_VERSION = 1
 Kind = Literal["numeric", "categorical"]
@@ -61,7 +61,9 @@ class InputSchema:
     def check_columns(self, df: pd.DataFrame) -> None:
         missing = [n for n in self.names if n not in df.columns]
         if missing:
-            raise InvalidInput(f"missing feature column(s) {missing}; the model takes {self.names}")
+            raise InvalidRecord(
+                f"missing feature column(s) {missing}; the model takes {self.names}"
+            )
 
     def encode(self, df: pd.DataFrame) -> np.ndarray:
         """Raw frame -> float32 matrix in feature order (the booster's input)."""
@@ -91,7 +93,7 @@ class InputSchema:
         return extra
 
     def validate_records(self, records: list[Any]) -> dict[str, np.ndarray]:
-        """JSON records -> the ONNX feed, or InvalidInput naming the record and field.
+        """JSON records -> the ONNX feed, or InvalidRecord naming the record and field.
 
         Every feature must be present (null = missing value); numbers must be JSON numbers,
         categories strings (integers are read as their decimal string); unknown fields are
@@ -104,7 +106,7 @@ class InputSchema:
         for i, rec in enumerate(records):
             where = f"instances[{i}]" if n > 1 else "instance"
             if not isinstance(rec, dict):
-                raise InvalidInput(
+                raise InvalidRecord(
                     f"{where} must be an object of feature -> value, got {type(rec).__name__}"
                 )
             for name, value in rec.items():
@@ -112,14 +114,14 @@ class InputSchema:
                 if kind is None:
                     if name in extra:
                         continue
-                    raise InvalidInput(
+                    raise InvalidRecord(
                         f"{where}: unknown field {name!r}; the model takes {self.names}"
                     )
                 if value is None:
                     continue
                 if kind == "numeric":
                     if isinstance(value, bool) or not isinstance(value, (int, float)):
-                        raise InvalidInput(
+                        raise InvalidRecord(
                             f"{where}.{name} must be a number or null, got "
                             f"{type(value).__name__} {value!r}"[:200],
                             field=name,
@@ -127,7 +129,7 @@ class InputSchema:
                 elif isinstance(value, int) and not isinstance(value, bool):
                     value = str(value)
                 elif not isinstance(value, str):
-                    raise InvalidInput(
+                    raise InvalidRecord(
                         f"{where}.{name} must be a string (category) or null, got "
                         f"{type(value).__name__} {value!r}"[:200],
                         field=name,
@@ -135,7 +137,7 @@ class InputSchema:
                 cols[name][i] = value
             missing = [f for f in kinds if f not in rec]
             if missing:
-                raise InvalidInput(
+                raise InvalidRecord(
                     f"{where}: missing field(s) {missing}; send null for a missing value"
                 )
         feed: dict[str, np.ndarray] = {}
@@ -172,7 +174,7 @@ class InputSchema:
         codes = y.map(index)
         if codes.isna().any():
             unknown = sorted({str(v) for v in y[codes.isna()].unique()})[:5]
-            raise InvalidInput(
+            raise InvalidRecord(
                 f"target {self.target!r} has values {unknown} that the model was not trained "
                 f"on; known classes: {list(self.classes)}"
             )

@@ -22,25 +22,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shipyard.artifacts import write_atomic
-from shipyard.drift import PREDICTION
-from shipyard.errors import ConfigError, ShipyardError
-from shipyard.serving_config import RetrainSection
+from shipyard.config.serving import RetrainSection
+from shipyard.contract import TRAIN_MODULE
+from shipyard.errors import ConfigError, Conflict, NotFound
+from shipyard.monitoring.drift import PREDICTION
+from shipyard.storage import write_atomic
 
 ACTIVE = ("submitting", "running", "awaiting_approval", "deploying")
-RESULT_PREFIX = "SHIPYARD_RESULT "
-TRIGGER_ENV = "SHIPYARD_TRIGGER"
 DATA_BUG_FLAGS = {"missing_rate", "unseen_categories", "type_errors"}
 
 
-class RetrainConflict(ShipyardError):
+class RetrainConflict(Conflict):
     """The request is not in a state that allows this (approve twice, reject a live one...)."""
 
-    http_status = 409
 
-
-class RetrainNotFound(ShipyardError):
-    http_status = 404
+class RetrainNotFound(NotFound):
+    """No retraining request with that id."""
 
 
 def drift_kinds(event: dict[str, Any]) -> dict[str, list[str]]:
@@ -78,25 +75,12 @@ def resolve_job_config(path: str, project_root: Path) -> str:
 
 def job_entrypoint(python: str, model: str, section: RetrainSection, job_config: str) -> str:
     """The `jobs.train` command line for a retraining job (registers under the serving model)."""
-    args = [python, "-m", "jobs.train", "--config", job_config, "--model-name", model]
+    args = [python, "-m", TRAIN_MODULE, "--config", job_config, "--model-name", model]
     if section.data:
         args += ["--data", section.data]
     for key, value in section.overrides.items():
         args += ["--set", f"{key}={json.dumps(value)}"]
     return shlex.join(args)
-
-
-def parse_job_result(logs: str) -> dict[str, Any] | None:
-    """The job's SHIPYARD_RESULT line (its summary), if it printed one."""
-    for line in reversed(logs.splitlines()):
-        at = line.find(RESULT_PREFIX)
-        if at >= 0:
-            try:
-                out: dict[str, Any] = json.loads(line[at + len(RESULT_PREFIX) :])
-                return out
-            except ValueError:
-                continue
-    return None
 
 
 def canary_name(version: int) -> str:

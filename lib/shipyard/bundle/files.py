@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from shipyard.errors import ArtifactError
@@ -19,15 +17,6 @@ REQUIRED = (
     "reference_profile.json",
     "evaluation.json",
 )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically: a crash leaves the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def sha256_file(path: Path) -> str:

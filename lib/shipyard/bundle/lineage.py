@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-COMMIT_ENV, DIRTY_ENV = "SHIPYARD_GIT_COMMIT", "SHIPYARD_GIT_DIRTY"
+from shipyard.contract import COMMIT_ENV, DIRTY_ENV
 
 
 def git_commit() -> dict[str, str]:

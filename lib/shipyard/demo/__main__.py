@@ -20,12 +20,13 @@ from typing import Any
 
 import yaml
 
-from shipyard import datagen
+from shipyard.bundle.lineage import git_env
+from shipyard.compute.localray import LocalCluster, ray_env
+from shipyard.compute.submit import submit_command
+from shipyard.contract import HOME_ENV
+from shipyard.demo import datagen
 from shipyard.events import EventLog
-from shipyard.lineage import git_env
-from shipyard.localray import LocalCluster, ray_env
-from shipyard.registry import HOME_ENV, Registry, resolve_tracking_uri
-from shipyard.submit import submit_command
+from shipyard.registry import Registry, resolve_tracking_uri
 
 CONFIG = "jobs/configs/demo.yaml"
 SERVE_CONFIG = "serving/config.yaml"
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nserving champion v{aliases['champion']} and challenger v{aliases['challenger']} 90/10"
         )
-        from shipyard.localray import free_port
+        from shipyard.compute.localray import free_port
 
         url = deploy(cluster, home, free_port())
         print(f"app up at {url}; sending keyed traffic with simulated outcomes ...", flush=True)
@@ -339,19 +340,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"alert: {e['kind']} {e['model']} v{e['version']} {e['variant']} {e['features']}"
                 )
+        if not args.keep_serving:
+            print(
+                "\nThe app stops with this demo's cluster. To keep it up and try it yourself:\n"
+                "  make demo KEEP=1    (python -m shipyard.demo --keep-serving)"
+            )
+            return 0
         print(
-            f"\nTry it:\n  curl -s {url}/variants\n  curl -s {url}/ab\n  curl -s {url}/drift"
-            f"\n  open {url}/drift/control/report"
+            f"\nThe app stays up at {url} until Ctrl-C. Try it:"
+            f"\n  curl -s {url}/variants\n  curl -s {url}/ab\n  curl -s {url}/drift"
+            f"\n  open {url}/drift/control/report\n  open {url}/docs"
             f"\n  curl -s -X PUT {url}/variants -H 'Authorization: Bearer {token}'"
-            ' -d \'{"weights": {"treatment": 50}}\''
+            ' -H "Content-Type: application/json" -d \'{"weights": {"treatment": 50}}\'',
+            flush=True,
         )
-        if args.keep_serving:
-            print("serving until Ctrl-C ...", flush=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping the app and the cluster ...")
     return 0
 
 

@@ -25,7 +25,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, PositiveFloat, PositiveInt
 from scipy import special, stats
+
+from shipyard.config.base import Strict
 
 PREDICTION = "__prediction__"  # the model's output, tracked like a numeric feature
 EPS = 1e-4  # floor on bin proportions in PSI (an empty bin would make it infinite)
@@ -209,7 +212,7 @@ def profile_of_frame(
     scores: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """A `reference_profile.json`-shaped document of a frame (the same code as training)."""
-    from shipyard.profile import NumericCounts, ProfileAccumulator, quantile_edges
+    from shipyard.bundle.profile import NumericCounts, ProfileAccumulator, quantile_edges
 
     edges = {c: quantile_edges(frame[c].to_numpy(np.float64)) for c in numeric}
     acc = ProfileAccumulator.create(edges, categorical)
@@ -410,23 +413,50 @@ class WindowCounts:
 # ----------------------------------------------------------------------------- verdicts ---
 
 
-@dataclasses.dataclass(frozen=True)
-class DriftSettings:
-    """How windows are cut and judged (the serving config's `drift` section)."""
+class DriftSettings(Strict):
+    """How windows are cut and judged (the statistics' part of the serving config's `drift`)."""
 
-    window_rows: int = 5000  # a window closes after this many rows ...
-    window_seconds: float = 300.0  # ... or this many seconds, whichever comes first
-    min_rows: int = 500  # a window closed by time is judged only with this many rows
-    alpha: float = 0.01  # after the correction below, across the features of one window
-    correction: Literal["holm", "bh"] = "holm"
-    effect: Literal["psi", "js"] = "psi"  # the effect size that must reach its threshold
-    psi_threshold: float = 0.02  # ~ a 0.15 sd mean shift; 0.25 sd is ~0.06, 0.1 sd ~0.01
-    js_threshold: float = 0.06
-    missing_rate_increase: float = 0.05  # absolute, over the reference's missing rate
-    unseen_rate: float = 0.01  # share of present values in no training category
-    out_of_range_rate: float = 0.01  # share of present values outside the training range
-    type_error_rate: float = 0.01  # share of records refused for this field's type
-    resolve_after: int = 2  # clean windows in a row before a drift counts as resolved
+    window_rows: PositiveInt = Field(
+        5000, description="A window closes after this many rows (or window_seconds)."
+    )
+    window_seconds: PositiveFloat = Field(
+        300.0, description="A window closes after this long (if it holds min_rows)."
+    )
+    min_rows: PositiveInt = Field(
+        500, description="Rows a window closed by time needs to be judged (else it goes on)."
+    )
+    alpha: float = Field(
+        0.01, gt=0.0, lt=0.5, description="Significance after the multiple-testing correction."
+    )
+    correction: Literal["holm", "bh"] = Field(
+        "holm",
+        description="Across the features of a window: holm (family-wise error) or bh "
+        "(Benjamini-Hochberg, false discovery rate).",
+    )
+    effect: Literal["psi", "js"] = Field(
+        "psi", description="Effect size that must also pass its threshold: psi or js."
+    )
+    psi_threshold: PositiveFloat = Field(
+        0.02, description="PSI a drifted feature must reach (0.25 sd mean shift ~ 0.06)."
+    )
+    js_threshold: PositiveFloat = Field(
+        0.06, description="Jensen-Shannon distance (base 2) a drifted feature must reach."
+    )
+    missing_rate_increase: PositiveFloat = Field(
+        0.05, description="Missing-rate rise over the reference that is drift (absolute)."
+    )
+    unseen_rate: PositiveFloat = Field(
+        0.01, description="Share of values in no training category that is drift."
+    )
+    out_of_range_rate: PositiveFloat = Field(
+        0.01, description="Share of values outside the training range that is drift."
+    )
+    type_error_rate: PositiveFloat = Field(
+        0.01, description="Share of records refused for a field's type that is drift."
+    )
+    resolve_after: PositiveInt = Field(
+        2, description="Clean windows in a row before a drift counts as resolved."
+    )
 
 
 def judge_window(
@@ -485,7 +515,9 @@ def judge_window(
         if name != PREDICTION:
             pvals[name] = p
     names = list(pvals)
-    adjusted = dict(zip(names, CORRECTIONS[settings.correction]([pvals[k] for k in names])))
+    adjusted = dict(
+        zip(names, CORRECTIONS[settings.correction]([pvals[k] for k in names]), strict=True)
+    )
     if PREDICTION in out:
         adjusted[PREDICTION] = out[PREDICTION]["p_value"]
     threshold = settings.psi_threshold if settings.effect == "psi" else settings.js_threshold
@@ -633,7 +665,7 @@ class DriftMonitor:
             },
             "open_window_rows": self.window.rows,
             "features": feats,
-            "settings": dataclasses.asdict(self.settings),
+            "settings": self.settings.model_dump(),
         }
 
     def state(self) -> dict[str, Any]:

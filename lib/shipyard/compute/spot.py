@@ -2,14 +2,14 @@
 
 Two small daemons, both started by the cluster configs in `cluster/`:
 
-`python -m shipyard.spot watch` runs on every worker. It polls the cloud's preemption notice (AWS
+`python -m shipyard.compute.spot watch` runs on every worker. It polls the cloud's preemption notice (AWS
 `spot/instance-action`, two minutes ahead; GCP `instance/preempted`, ~30 s ahead) and, on a notice,
 drains its own node with reason PREEMPTION (`ray drain-node --reason
 DRAIN_NODE_REASON_PREEMPTION`). Ray Train counts a node lost after such a drain as a preemption,
 not a failure, so the run restarts from its last checkpoint without using up `max_failures`, and
 the scheduler stops placing new work on the node. On a non-spot instance it exits at once.
 
-`python -m shipyard.spot fallback --config FILE` runs on the head. Ray 2.60's autoscaler v2 lowers
+`python -m shipyard.compute.spot fallback --config FILE` runs on the head. Ray 2.60's autoscaler v2 lowers
 a node type's availability only when an instance was allocated and then never came up within
 RAY_AUTOSCALER_RECONCILE_ALLOCATE_STATUS_TIMEOUT_S (an hour); an immediate launch failure such as
 EC2's InsufficientInstanceCapacity is retried on the same type forever. The controller reads the
@@ -43,9 +43,9 @@ from typing import Any
 
 import yaml
 
-from shipyard.artifacts import write_atomic
+from shipyard.storage import write_atomic
 
-logger = logging.getLogger("shipyard.spot")
+logger = logging.getLogger("shipyard.compute.spot")
 
 CAPACITY_LABEL = "shipyard.io/capacity"
 AWS_IMDS = "http://169.254.169.254"
@@ -164,7 +164,7 @@ def watch(
     """Poll until a notice arrives, drain once, return it. Metadata errors are retried."""
     while not stop():
         try:
-            notice = source.poll()
+            notice: Notice | None = source.poll()
         except (OSError, ValueError) as err:
             logger.warning("metadata poll failed (%s); retrying", err)
             notice = None
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     ap = argparse.ArgumentParser(
-        prog="python -m shipyard.spot", description=__doc__.splitlines()[0]
+        prog="python -m shipyard.compute.spot", description=__doc__.splitlines()[0]
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("watch", help="on a worker: drain this node when a preemption notice comes")

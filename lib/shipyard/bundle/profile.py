@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shipyard.schema import InputSchema, category_strings
+from shipyard.bundle.schema import InputSchema, category_strings
 
 PROFILE_VERSION = 1
 

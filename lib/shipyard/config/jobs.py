@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from shipyard.errors import ConfigError
+from shipyard.config.base import Strict, load_config
 
 Task = Literal["binary", "multiclass", "regression"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSection(_Strict):
+class ModelSection(Strict):
     name: str = Field(
         description="Registered model name in the registry; versions accumulate under it.",
         min_length=1,
@@ -38,7 +30,7 @@ class ModelSection(_Strict):
     description: str = Field("", description="Free text stored on the registered model.")
 
 
-class DataSection(_Strict):
+class DataSection(Strict):
     path: str = Field(
         description="File, directory or glob; local path or s3:// / gs:// URI; parquet or CSV."
     )
@@ -87,7 +79,7 @@ class DataSection(_Strict):
 OWNED_PARAMS = frozenset({"objective", "num_class", "device", "nthread", "eval_metric"})
 
 
-class TrainSection(_Strict):
+class TrainSection(Strict):
     num_workers: PositiveInt = Field(2, description="Ray Train workers for XGBoost.")
     cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs reserved per training worker.")
     use_gpu: bool = Field(
@@ -121,7 +113,7 @@ class TrainSection(_Strict):
         return v
 
 
-class GatesSection(_Strict):
+class GatesSection(Strict):
     baseline_margin: float = Field(
         0.0,
         description="The primary metric must beat the baseline's by at least this much "
@@ -146,7 +138,7 @@ class GatesSection(_Strict):
     )
 
 
-class TrackingSection(_Strict):
+class TrackingSection(Strict):
     experiment: str | None = Field(
         None, description="MLflow experiment; default 'shipyard/<model.name>'."
     )
@@ -157,13 +149,13 @@ class TrackingSection(_Strict):
     )
 
 
-class EventsSection(_Strict):
+class EventsSection(Strict):
     webhook_url: str | None = Field(
         None, description="POST each event as JSON here (also SHIPYARD_WEBHOOK_URL)."
     )
 
 
-class TrainJobConfig(_Strict):
+class TrainJobConfig(Strict):
     """Config of `python -m jobs.train`."""
 
     model: ModelSection
@@ -174,7 +166,7 @@ class TrainJobConfig(_Strict):
     events: EventsSection = Field(default_factory=EventsSection)
 
 
-class SearchParam(_Strict):
+class SearchParam(Strict):
     """One dimension of the search space: `{type: loguniform, low: 0.01, high: 0.3}`."""
 
     type: Literal["uniform", "loguniform", "int", "choice"] = Field(
@@ -199,7 +191,7 @@ class SearchParam(_Strict):
         return self
 
 
-class TuneSection(_Strict):
+class TuneSection(Strict):
     num_samples: PositiveInt = Field(16, description="Trials (configurations) to run.")
     searcher: Literal["random", "optuna"] = Field(
         "random", description="random, or optuna (TPE, model-based: proposes from past trials)."
@@ -208,6 +200,11 @@ class TuneSection(_Strict):
         "asha", description="asha stops poor trials early at rungs; fifo runs every trial out."
     )
     max_rounds: PositiveInt = Field(200, description="Boosting rounds of a trial run to the end.")
+    early_stopping: bool = Field(
+        False,
+        description="Also stop a trial when its validation metric has not improved for "
+        "train.early_stopping_rounds (as training does); off: the scheduler stops trials.",
+    )
     grace_period: PositiveInt = Field(
         30,
         description="ASHA: rounds before a trial can be stopped (10 stopped slow-learning, "
@@ -267,78 +264,19 @@ class TuneJobConfig(TrainJobConfig):
         return TrainJobConfig.model_validate(raw)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
-    for e in err.errors(include_url=False):
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling and the config reference in README.md)"
-        bad = e.get("input")
-        shown = "" if e["type"] in ("missing",) else f" (got {bad!r})"
-        if isinstance(bad, dict) and e["type"] != "extra_forbidden":
-            shown = ""
-        lines.append(f"  {key}: {msg}{shown}")
-    return "\n".join(lines)
-
-
-def parse_config(raw: Any, model: type[_Strict], source: str = "<dict>") -> Any:
-    """Validate an already-parsed mapping against a config model."""
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"invalid config {source}: the top level must be a mapping of keys "
-            f"(got {type(raw).__name__})"
-        )
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
-
-
-def set_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """Apply `a.b.c=value` to a nested mapping (creating sections as needed)."""
-    node = raw
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        child = node.setdefault(p, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {p!r} is not a section")
-        node = child
-    node[leaf] = value
-
-
-def load_yaml(path: str | os.PathLike[str]) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML{where}: {problem}") from None
-
-
 def load_train_config(
     path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
 ) -> TrainJobConfig:
     """Load and validate a training config; overrides are dotted keys (`train.num_workers`)."""
-    raw = load_yaml(path)
-    if isinstance(raw, dict):
-        for key, value in (overrides or {}).items():
-            set_override(raw, key, value)
-    return parse_config(raw, TrainJobConfig, source=str(path))
+    cfg: TrainJobConfig = load_config(path, TrainJobConfig, overrides)
+    return cfg
 
 
 def load_tune_config(
     path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
 ) -> TuneJobConfig:
-    raw = load_yaml(path)
-    if isinstance(raw, dict):
-        for key, value in (overrides or {}).items():
-            set_override(raw, key, value)
-    return parse_config(raw, TuneJobConfig, source=str(path))
+    cfg: TuneJobConfig = load_config(path, TuneJobConfig, overrides)
+    return cfg
 
 
 def reference_markdown(model: type[BaseModel] = TrainJobConfig, prefix: str = "") -> str:

@@ -12,32 +12,66 @@ import pandas as pd
 import ray.data
 import xgboost as xgb
 
-from shipyard import dataspec
-from shipyard.config import TrainSection
-from shipyard.schema import InputSchema
+from shipyard.bundle.schema import InputSchema
+from shipyard.config.jobs import TrainSection
+from shipyard.training import dataspec
 
 logger = logging.getLogger(__name__)
 
+# Objective, and the validation metric that early stopping (training) and the scheduler
+# (tuning) both watch, with its direction: the metric the gates judge where XGBoost has it.
 OBJECTIVES = {
-    "binary": ("binary:logistic", "logloss"),
-    "multiclass": ("multi:softprob", "mlogloss"),
-    "regression": ("reg:squarederror", "rmse"),
+    "binary": ("binary:logistic", "auc", "max"),
+    "multiclass": ("multi:softprob", "mlogloss", "min"),
+    "regression": ("reg:squarederror", "rmse", "min"),
 }
 
 
-def booster_params(cfg: TrainSection, schema: InputSchema) -> dict[str, Any]:
-    objective, metric = OBJECTIVES[schema.task]
-    params: dict[str, Any] = {
+def eval_metric(task: str) -> str:
+    return OBJECTIVES[task][1]
+
+
+def booster_params(
+    task: str,
+    params: dict[str, Any],
+    n_classes: int,
+    nthread: int,
+    use_gpu: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """XGBoost parameters for training and for every tuning trial alike: the config's (or the
+    trial's) parameters plus what Shipyard derives from the task and the resources."""
+    objective, metric, _ = OBJECTIVES[task]
+    out: dict[str, Any] = {
         "tree_method": "hist",
-        **cfg.params,
+        "seed": seed,
+        **params,
         "objective": objective,
         "eval_metric": metric,
-        "nthread": max(1, int(cfg.cpus_per_worker)),
-        "device": "cuda" if cfg.use_gpu else "cpu",
+        "nthread": max(1, nthread),
+        "device": "cuda" if use_gpu else "cpu",
     }
-    if schema.task == "multiclass":
-        params["num_class"] = len(schema.classes)
-    return params
+    if task == "multiclass":
+        out["num_class"] = n_classes
+    return out
+
+
+def train_params(cfg: TrainSection, schema: InputSchema, seed: int) -> dict[str, Any]:
+    return booster_params(
+        schema.task, cfg.params, len(schema.classes), int(cfg.cpus_per_worker), cfg.use_gpu, seed
+    )
+
+
+def resume_from(load: Any) -> xgb.Booster | None:
+    """The booster a resumed attempt continues from: `load()` reads the checkpoint's model. A
+    checkpoint cut short (its writer was killed mid-copy) means starting over, not failing:
+    the result is the same, only the time is lost."""
+    try:
+        booster: xgb.Booster | None = load()
+        return booster
+    except (OSError, xgb.core.XGBoostError) as err:
+        logger.warning("unreadable checkpoint (%s); starting over", err)
+        return None
 
 
 def _report_callback(metrics: dict[str, str], frequency: int, resumed_from: int) -> Any:
@@ -83,7 +117,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     start: xgb.Booster | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resumed after a worker or node loss: continue, not restart
-        start = RayTrainReportCallback.get_model(checkpoint)
+        start = resume_from(lambda: RayTrainReportCallback.get_model(checkpoint))
     done = start.num_boosted_rounds() if start is not None else 0
     xgb.train(
         config["params"],
@@ -95,7 +129,7 @@ def _train_loop(config: dict[str, Any]) -> None:
         verbose_eval=False,
         callbacks=[
             _report_callback(
-                {"valid_loss": f"valid-{config['params']['eval_metric']}"},
+                {"valid_metric": f"valid-{config['params']['eval_metric']}"},
                 config["checkpoint_every"],
                 done,
             )
@@ -109,7 +143,7 @@ class TrainOutcome:
     rounds: int
     best_iteration: int
     checkpoint_path: str
-    valid_loss: float | None
+    valid_metric: float | None  # the early-stopping metric (`eval_metric(task)`) at the end
     resumed_from: int  # 0, or the checkpoint round the last attempt resumed from
 
 
@@ -120,6 +154,7 @@ def train_xgboost(
     cfg: TrainSection,
     storage_path: str,
     run_name: str,
+    seed: int = 0,
 ) -> TrainOutcome:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
@@ -127,7 +162,7 @@ def train_xgboost(
     trainer = XGBoostTrainer(
         _train_loop,
         train_loop_config={
-            "params": booster_params(cfg, schema),
+            "params": train_params(cfg, schema, seed),
             "feature_names": schema.names,
             "num_boost_round": cfg.num_boost_round,
             "early_stopping_rounds": cfg.early_stopping_rounds,
@@ -162,7 +197,7 @@ def train_xgboost(
         rounds=rounds,
         best_iteration=best,
         checkpoint_path=str(Path(result.checkpoint.path)),
-        valid_loss=metrics.get("valid_loss"),
+        valid_metric=metrics.get("valid_metric"),
         resumed_from=int(metrics.get("resumed_from") or 0),
     )
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,11 @@ import pyarrow.fs as pafs
 import ray
 import ray.data
 
-from shipyard import dataspec
-from shipyard.config import DataSection
+from shipyard.bundle.profile import ProfileAccumulator, quantile_edges
+from shipyard.bundle.schema import Feature, InputSchema
+from shipyard.config.jobs import DataSection
 from shipyard.errors import DataValidationError
-from shipyard.profile import ProfileAccumulator, quantile_edges
-from shipyard.schema import Feature, InputSchema
+from shipyard.training import dataspec
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class _TagSplit:
         return df
 
 
-def _only(split: int):
+def _only(split: int) -> Callable[[pd.DataFrame], pd.DataFrame]:
     def keep(df: pd.DataFrame) -> pd.DataFrame:
         return df[df[dataspec.SPLIT_COLUMN] == split].drop(columns=[dataspec.SPLIT_COLUMN])
 
@@ -157,7 +158,7 @@ class _Profile:
         )
 
 
-class _Encode:
+class Encode:
     def __init__(self, schema: InputSchema) -> None:
         self.schema = schema
 
@@ -249,7 +250,7 @@ def prepare(cfg: DataSection) -> Prepared:
         time_column=cfg.time_column,
         dropped=tuple(dropped),
     )
-    encode = _Encode(schema)
+    encode = Encode(schema)
     train = train_raw.map_batches(encode, batch_format="pandas").materialize()
     valid = valid_raw.map_batches(encode, batch_format="pandas").materialize()
     rows = {"train": train.count(), "valid": valid.count(), "holdout": len(holdout)}

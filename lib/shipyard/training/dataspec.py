@@ -30,7 +30,7 @@ class ColumnPlan:
 
 
 def _is_categorical_type(t: pa.DataType) -> bool:
-    return (
+    return bool(
         pa.types.is_string(t)
         or pa.types.is_large_string(t)
         or pa.types.is_boolean(t)
@@ -39,7 +39,7 @@ def _is_categorical_type(t: pa.DataType) -> bool:
 
 
 def _is_numeric_type(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t))
 
 
 def plan_columns(schema: pa.Schema, data: Any) -> ColumnPlan:

@@ -13,15 +13,16 @@ from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
-from shipyard.config import _Strict, load_yaml, parse_config
+from shipyard.config.base import Strict, load_yaml, parse_config
 from shipyard.errors import ConfigError
+from shipyard.monitoring.drift import DriftSettings
 
 NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,39}$"
 Trigger = Literal["features", "prediction", "quality", "performance"]
 DRIFT_ACTOR_TRIGGERS = {"features", "prediction", "quality"}
 
 
-class Autoscaling(_Strict):
+class Autoscaling(Strict):
     min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 scales to zero).")
     max_replicas: PositiveInt = Field(2, description="Most replicas.")
     target_ongoing_requests: PositiveFloat = Field(
@@ -38,7 +39,7 @@ class Autoscaling(_Strict):
         return self
 
 
-class Faults(_Strict):
+class Faults(Strict):
     """Fault injection for canary drills: prove that guardrails and shadows behave."""
 
     error_rate: float = Field(
@@ -47,7 +48,7 @@ class Faults(_Strict):
     latency_ms: NonNegativeFloat = Field(0.0, description="Delay added to every request (ms).")
 
 
-class Variant(_Strict):
+class Variant(Strict):
     name: str = Field(description="Variant name, unique in the app.", pattern=NAME_PATTERN)
     version: int | str = Field(
         description="Registry version number or alias (champion, challenger, ...). Aliases are "
@@ -91,7 +92,7 @@ class Variant(_Strict):
         return self
 
 
-class Guardrails(_Strict):
+class Guardrails(Strict):
     min_requests: PositiveInt = Field(
         200, description="Requests a treatment must serve before guardrails judge it."
     )
@@ -112,7 +113,7 @@ class Guardrails(_Strict):
     enabled: bool = Field(True, description="Turn automatic rollback on or off.")
 
 
-class ABSection(_Strict):
+class ABSection(Strict):
     metric: Literal["conversion", "value"] = Field(
         "conversion",
         description="Outcome kind from /feedback: conversion (0/1; two-proportion z-test) or "
@@ -135,7 +136,7 @@ class ABSection(_Strict):
     )
 
 
-class Limits(_Strict):
+class Limits(Strict):
     max_body_bytes: PositiveInt = Field(
         1_048_576, description="Largest request body accepted (HTTP 413 above)."
     )
@@ -145,51 +146,12 @@ class Limits(_Strict):
     timeout_s: PositiveFloat = Field(10.0, description="Per-request model timeout (HTTP 504).")
 
 
-class DriftSection(_Strict):
-    """Drift actors: one per variant, fed by its replicas off the request path."""
+class DriftSection(DriftSettings):
+    """Drift actors: one per variant, fed by its replicas off the request path. The statistics'
+    settings are `shipyard.monitoring.drift.DriftSettings` (one definition, one set of defaults);
+    this adds how replicas feed the actors and how the actors keep their state."""
 
     enabled: bool = Field(True, description="Run a drift actor for every variant.")
-    window_rows: PositiveInt = Field(
-        5000, description="A window closes after this many rows (or window_seconds)."
-    )
-    window_seconds: PositiveFloat = Field(
-        300.0, description="A window closes after this long (if it holds min_rows)."
-    )
-    min_rows: PositiveInt = Field(
-        500, description="Rows a window closed by time needs to be judged (else it goes on)."
-    )
-    alpha: float = Field(
-        0.01, gt=0.0, lt=0.5, description="Significance after the multiple-testing correction."
-    )
-    correction: Literal["holm", "bh"] = Field(
-        "holm",
-        description="Across the features of a window: holm (family-wise error) or bh "
-        "(Benjamini-Hochberg, false discovery rate).",
-    )
-    effect: Literal["psi", "js"] = Field(
-        "psi", description="Effect size that must also pass its threshold: psi or js."
-    )
-    psi_threshold: PositiveFloat = Field(
-        0.02, description="PSI a drifted feature must reach (0.25 sd mean shift ~ 0.06)."
-    )
-    js_threshold: PositiveFloat = Field(
-        0.06, description="Jensen-Shannon distance (base 2) a drifted feature must reach."
-    )
-    missing_rate_increase: PositiveFloat = Field(
-        0.05, description="Missing-rate rise over the reference that is drift (absolute)."
-    )
-    unseen_rate: PositiveFloat = Field(
-        0.01, description="Share of values in no training category that is drift."
-    )
-    out_of_range_rate: PositiveFloat = Field(
-        0.01, description="Share of values outside the training range that is drift."
-    )
-    type_error_rate: PositiveFloat = Field(
-        0.01, description="Share of records refused for a field's type that is drift."
-    )
-    resolve_after: PositiveInt = Field(
-        2, description="Clean windows in a row before a drift counts as resolved."
-    )
     batch_rows: PositiveInt = Field(
         5000, description="Replicas send their buffered rows once they hold this many..."
     )
@@ -203,17 +165,12 @@ class DriftSection(_Strict):
         5.0, description="How often a drift actor saves its state (also at every window)."
     )
 
-    def settings(self) -> Any:
-        """The statistics' part of this section, as `shipyard.drift.DriftSettings`."""
-        import dataclasses
-
-        from shipyard.drift import DriftSettings
-
-        names = {f.name for f in dataclasses.fields(DriftSettings)}
-        return DriftSettings(**self.model_dump(include=names))
+    def settings(self) -> DriftSettings:
+        """Only the statistics' part (what `DriftMonitor` judges with)."""
+        return DriftSettings(**self.model_dump(include=set(DriftSettings.model_fields)))
 
 
-class ReviewSection(_Strict):
+class ReviewSection(Strict):
     """Review queue: uncertain predictions sampled for a person to label (binary models)."""
 
     enabled: bool = Field(True, description="Sample near-threshold predictions into the queue.")
@@ -231,7 +188,7 @@ class ReviewSection(_Strict):
     )
 
 
-class PerformanceSection(_Strict):
+class PerformanceSection(Strict):
     """Performance drift: /feedback outcomes scored as labels against the evaluation report."""
 
     outcome_is_label: bool = Field(
@@ -254,7 +211,7 @@ class PerformanceSection(_Strict):
     )
 
 
-class RetrainSection(_Strict):
+class RetrainSection(Strict):
     """What `on_drift: retrain` submits, and how its version reaches live traffic."""
 
     job_config: str | None = Field(
@@ -297,7 +254,7 @@ class RetrainSection(_Strict):
     poll_s: PositiveFloat = Field(5.0, description="How often the job's status is checked.")
 
 
-class ServingConfig(_Strict):
+class ServingConfig(Strict):
     model: str = Field(description="Registered model name.", min_length=1)
     variants: list[Variant] = Field(description="Live and shadow variants.", min_length=1)
     control: str | None = Field(
@@ -405,7 +362,7 @@ def load_serving_args(args: dict[str, Any]) -> ServingConfig:
     return parse_serving_config(args)
 
 
-class TrafficUpdate(_Strict):
+class TrafficUpdate(Strict):
     """Body of PUT /variants (and the router's user_config): new weights and shadow shares."""
 
     weights: dict[str, NonNegativeFloat] = Field(

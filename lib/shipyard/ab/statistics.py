@@ -144,8 +144,8 @@ def srm_test(observed: dict[str, int], shares: dict[str, float]) -> dict[str, An
     return {
         "chi2": float(chi2),
         "p_value": float(p),
-        "observed": {n: int(o) for n, o in zip(names, obs)},
-        "expected": {n: float(e) for n, e in zip(names, exp)},
+        "observed": {n: int(o) for n, o in zip(names, obs, strict=True)},
+        "expected": {n: float(e) for n, e in zip(names, exp, strict=True)},
     }
 
 
@@ -155,7 +155,7 @@ def percentiles(
     if values.size == 0:
         return {f"p{int(q)}": None for q in qs}
     out = np.percentile(values, qs)
-    return {f"p{int(q)}": float(v) for q, v in zip(qs, out)}
+    return {f"p{int(q)}": float(v) for q, v in zip(qs, out, strict=True)}
 
 
 def recommend(

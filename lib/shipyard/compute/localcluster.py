@@ -1,15 +1,15 @@
 """An autoscaling Ray cluster on one machine, with spot and on-demand node types that behave.
 
-`make cluster-up` / `make cluster-down` (`python -m shipyard.localcluster up|down|status|outage|
+`make cluster-up` / `make cluster-down` (`python -m shipyard.compute.localcluster up|down|status|outage|
 preempt`). The head has no CPUs (like the cloud configs, it schedules no work); worker nodes are
 extra raylets that Ray's fake multi-node provider starts on this machine when the autoscaler (v2)
 asks for them, and stops after their idle timeout. Two worker types, `cpu-spot` (preferred,
 priority 10) and `cpu-ondemand` (fallback, priority 1), mirror `cluster/aws.yaml`:
 
 - `outage on` makes every spot launch fail at once, as EC2 does with InsufficientInstanceCapacity;
-  the head's `shipyard.spot fallback` controller then puts on-demand first.
+  the head's `shipyard.compute.spot fallback` controller then puts on-demand first.
 - `preempt NODE` does what a spot reclaim does: the node is drained with reason PREEMPTION (what
-  `shipyard.spot watch` does on a notice), then its processes are killed.
+  `shipyard.compute.spot watch` does on a notice), then its processes are killed.
 
 Ray 2.60's packaged `fake_multi_node/example.yaml` is missing, so `ray up` on the fake provider
 fails; here the provider is an `external` module with a complete config, started by `ray start
@@ -40,8 +40,8 @@ from ray.autoscaler._private.fake_multi_node.node_provider import (
 )
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 
-from shipyard.localray import LocalCluster, _group_alive, ray_env, stop_group
-from shipyard.spot import CAPACITY_LABEL
+from shipyard.compute.localray import LocalCluster, group_alive, ray_env, stop_group
+from shipyard.compute.spot import CAPACITY_LABEL
 
 HEAD_TYPE = "ray.head.default"
 
@@ -68,7 +68,8 @@ class LocalSpotProvider(FakeMultiNodeProvider):
                 "There is no Spot capacity available that matches your request (simulated).",
                 None,
             )
-        return super().create_node_with_resources_and_labels(
+        parent: Any = super()  # Ray's provider is untyped
+        return parent.create_node_with_resources_and_labels(
             node_config, tags, count, resources, labels
         )
 
@@ -102,7 +103,7 @@ def autoscaling_config(
         "idle_timeout_minutes": idle_timeout_s / 60,
         "provider": {
             "type": "external",
-            "module": "shipyard.localcluster.LocalSpotProvider",
+            "module": "shipyard.compute.localcluster.LocalSpotProvider",
             "gcs_address": gcs_address,
             "head_node_id": FAKE_HEAD_NODE_ID,
             "launch_multiple": True,
@@ -179,7 +180,7 @@ class AutoscalingLocalCluster(LocalCluster):
         """`ray start` with the fallback controller beside it, in the same session and group (a
         process cannot join another session's group, so the shell starts both)."""
         fallback = [
-            sys.executable, "-m", "shipyard.spot", "fallback",
+            sys.executable, "-m", "shipyard.compute.spot", "fallback",
             "--config", str(self.config_path), "--address", self.gcs_address,
             "--cooldown", str(self.fallback_cooldown_s), "--interval", "2",
             "--events", str(self.events_path),
@@ -230,7 +231,7 @@ def worker_nodes(gcs_address: str) -> list[dict[str, Any]]:
     return out
 
 
-def _pids_of_node(pgid: int, node_id: str) -> list[int]:
+def pids_of_node(pgid: int, node_id: str) -> list[int]:
     """Every process of one fake node: those started for it (the node id is on their command
     line: raylet, agents) and all their descendants (the raylet's workers, whose command lines
     are rewritten to `ray::<actor>` and do not show the node id). A real reclaim takes the
@@ -259,12 +260,12 @@ def _pids_of_node(pgid: int, node_id: str) -> list[int]:
 
 def preempt(gcs_address: str, pgid: int, node_id: str, notice_s: int = 2) -> list[int]:
     """A spot reclaim: drain with reason PREEMPTION (as the watcher does), wait, kill the node."""
-    from shipyard.spot import Notice, drain_command
+    from shipyard.compute.spot import Notice, drain_command
 
     cmd = drain_command(node_id, gcs_address, Notice("local", "terminate", notice_s))
     subprocess.run(cmd, check=True, capture_output=True, text=True, env=ray_env())
     time.sleep(notice_s)
-    pids = _pids_of_node(pgid, node_id)
+    pids = pids_of_node(pgid, node_id)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -283,7 +284,7 @@ def _load(state: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m shipyard.localcluster", description=__doc__.splitlines()[0]
+        prog="python -m shipyard.compute.localcluster", description=__doc__.splitlines()[0]
     )
     ap.add_argument(
         "--state", type=Path, default=Path(os.environ.get("SHIPYARD_HOME", "state")) / "cluster"
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     state: Path = args.state.resolve()
 
     if args.cmd == "up":
-        if (state / "cluster.json").exists() and _group_alive(_load(state)["pgid"]):
+        if (state / "cluster.json").exists() and group_alive(_load(state)["pgid"]):
             print(f"already running: {json.dumps(_load(state))}")
             return 0
         home = state.parent
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         c.proc = None  # keep it running after this command exits
         print(f"local autoscaling cluster up: {c.address} (head 0 CPU; cpu-spot, cpu-ondemand)")
         print(f"  ray job submit --address {c.address} -- python -m jobs.train --config FILE")
-        print("  python -m shipyard.localcluster status | outage on|off | preempt NODE_ID")
+        print("  python -m shipyard.compute.localcluster status | outage on|off | preempt NODE_ID")
         return 0
     info = _load(state)
     if args.cmd == "down":

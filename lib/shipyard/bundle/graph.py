@@ -15,8 +15,8 @@ import pandas as pd
 import xgboost as xgb
 from onnx import TensorProto, helper
 
+from shipyard.bundle.schema import InputSchema
 from shipyard.errors import ArtifactError
-from shipyard.schema import InputSchema
 
 TARGET_OPSET = 15  # the highest onnxmltools' XGBoost converter supports
 ML_OPSET = 2  # LabelEncoder with string keys and float values
@@ -82,7 +82,8 @@ def build_onnx(booster: xgb.Booster, schema: InputSchema) -> onnx.ModelProto:
     trees.producer_name = "shipyard"
     trees.doc_string = f"shipyard {schema.task} model; inputs: {', '.join(schema.names)}"
     onnx.checker.check_model(trees)
-    return trees
+    model: onnx.ModelProto = trees
+    return model
 
 
 class OnnxPredictor:

@@ -29,7 +29,7 @@ def histogram_svg(bins: list[str], reference: list[float], current: list[float])
     top = max([*reference, *current, 1e-9])
     width = len(bins) * (2 * BAR_W + 12) + 20
     parts = [f'<svg width="{width}" height="{CHART_H + 70}" role="img">']
-    for i, (label, r, c) in enumerate(zip(bins, reference, current)):
+    for i, (label, r, c) in enumerate(zip(bins, reference, current, strict=True)):
         x = 10 + i * (2 * BAR_W + 12)
         for j, (v, color) in enumerate(((r, "#9e9e9e"), (c, "#e6711c"))):
             h = CHART_H * v / top

@@ -21,24 +21,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shipyard import abstats
-from shipyard.abstats import Moments
-from shipyard.errors import InvalidInput, ModelNotFound, ShipyardError
+from shipyard.ab import statistics as abstats
+from shipyard.ab.routing import Allocation
+from shipyard.ab.statistics import Moments
+from shipyard.config.serving import ServingConfig, TrafficUpdate
+from shipyard.errors import Conflict, InvalidInput, ModelNotFound
 from shipyard.events import EventLog
-from shipyard.routing import Allocation
-from shipyard.serving_config import ServingConfig, TrafficUpdate
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 LATENCY_WINDOW = 20_000
 FEEDBACK_TTL_S = 600.0
-
-
-class Conflict(ShipyardError):
-    """The request conflicts with the current state (duplicate feedback, promoting control)."""
-
-    http_status = 409
 
 
 class AliasStore(Protocol):

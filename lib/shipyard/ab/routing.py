@@ -65,7 +65,7 @@ class Allocation:
     def counts(self) -> dict[str, int]:
         idx, n = np.unique(self.table[self.table >= 0], return_counts=True)
         out = {name: 0 for name in self.names}
-        out.update({self.names[i]: int(c) for i, c in zip(idx, n)})
+        out.update({self.names[i]: int(c) for i, c in zip(idx, n, strict=True)})
         return out
 
     def shares(self) -> dict[str, float]:
@@ -123,7 +123,7 @@ class Allocation:
         change = np.flatnonzero(np.diff(self.table)) + 1
         starts = np.concatenate([[0], change])
         ends = np.concatenate([change, [BUCKETS]])
-        for s, e in zip(starts, ends):
+        for s, e in zip(starts, ends, strict=True):
             owner = int(self.table[s])
             if owner >= 0:
                 ranges[self.names[owner]].append([int(s), int(e)])

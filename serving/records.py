@@ -1,0 +1,62 @@
+"""The router's record buffer: what each answered request adds to the A/B statistics.
+
+`add` is a list append on the request path; a background loop hands the buffer to the experiment
+store every `interval_s`. A slow or restarting store never slows a request: its batch goes back
+in front of the buffer, which holds at most `max_rows` (older rows beyond that are dropped and
+counted, and the count is reported by GET /ab).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[list[dict[str, Any]]], Awaitable[list[Any]]]
+
+
+class RecordBuffer:
+    def __init__(
+        self,
+        send: Send,
+        on_actions: Callable[[], Awaitable[None]],
+        max_rows: int = 200_000,
+        interval_s: float = 0.2,
+    ) -> None:
+        self.send = send
+        self.on_actions = on_actions  # the store changed traffic (a guardrail fired): refresh
+        self.max_rows = max_rows
+        self.interval_s = interval_s
+        self.rows: list[dict[str, Any]] = []
+        self.dropped = 0
+
+    def add(self, kind: str = "req", **fields: Any) -> None:
+        row = {"t": kind, **fields}
+        if kind == "req":
+            row["ts"] = time.time()
+        self.rows.append(row)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.rows:
+            return
+        batch, self.rows = self.rows, []
+        try:
+            actions = await self.send(batch)
+        except Exception as err:
+            logger.warning("could not flush %d records (will retry): %s", len(batch), err)
+            self.rows = batch + self.rows
+            if len(self.rows) > self.max_rows:
+                self.dropped += len(self.rows) - self.max_rows
+                self.rows = self.rows[-self.max_rows :]
+            return
+        if actions:
+            await self.on_actions()

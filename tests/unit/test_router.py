@@ -1,0 +1,192 @@
+"""The router's HTTP app without Ray: the edge's one error mapping, body limits, admin auth and
+the OpenAPI document, over FastAPI's test client. The store is the real experiment store; the
+variants and the handles are stand-ins that behave as Serve handles do (awaitable, cancellable,
+typed errors raised as themselves)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.edge import STATUS, status_of
+from serving.router import Router
+from serving.settings import AppSettings
+from serving.store import ExperimentStore
+from shipyard.config.serving import ServingConfig
+from shipyard.errors import InvalidRecord, ShipyardError
+
+TOKEN = "unit-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Method:
+    """`handle.method.remote(*args)` -> an awaitable, cancellable response (a task)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> asyncio.Task[Any]:
+        async def run() -> Any:
+            return self.fn(*args)
+
+        return asyncio.get_running_loop().create_task(run())
+
+
+class Handle:
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def __getattr__(self, name: str) -> Method:
+        return Method(getattr(self.target, name))
+
+
+class Model:
+    """A variant: P(positive) = x / 10; a record without a number `x` is refused."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
+        for i, r in enumerate(instances):
+            if not isinstance(r.get("x"), int | float) or isinstance(r.get("x"), bool):
+                raise InvalidRecord(f"instances[{i}].x: expected a number", "x")
+        p = [float(r["x"]) / 10 for r in instances]
+        return {"predictions": [int(v >= 0.5) for v in p], "probabilities": p, "score": p}
+
+    def info(self) -> dict[str, Any]:
+        return {"loaded_at": 1.0}
+
+
+class Aliases:
+    def __init__(self) -> None:
+        self.table: dict[str, int] = {}
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return dict(self.table)
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self.table[alias] = version
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.table.pop(alias, None)
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("SHIPYARD_ADMIN_TOKEN", TOKEN)
+    cfg = ServingConfig.model_validate(
+        {"model": "m", "limits": {"max_body_bytes": 2048, "max_instances": 5},
+         "variants": [{"name": "control", "version": 1, "weight": 50},
+                      {"name": "treatment", "version": 2, "weight": 50}]}
+    )  # fmt: skip
+    versions = {"control": 1, "treatment": 2}
+    app = AppSettings(config=cfg, versions=versions, state_dir=str(tmp_path),
+                      events_path=str(tmp_path / "events.jsonl"))  # fmt: skip
+    store = ExperimentStore(app, aliases=Aliases())
+    models = {name: Handle(Model(name)) for name in versions}
+    router = Router(app, models, Handle(store))
+    with TestClient(router.build_app()) as c:
+        asyncio.run(router.reconfigure(cfg.traffic()))  # what Serve does with user_config
+        for task in router._tasks:  # the loops belong to that (finished) event loop
+            task.cancel()
+        yield c
+
+
+def test_predict_and_feedback_round_trip(client: TestClient) -> None:
+    r = client.post("/predict", json={"instances": [{"x": 7}], "key": "user-1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["probabilities"] == [0.7] and body["variant"] in ("control", "treatment")
+    fb = client.post("/feedback", json={"request_id": body["request_id"], "outcome": True})
+    assert fb.status_code == 200 and fb.json()["joined"], fb.text
+    again = client.post("/feedback", json={"request_id": body["request_id"], "outcome": 0})
+    assert again.status_code == 409 and body["request_id"] in again.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "names"),
+    [
+        ({"content": b"{nope", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+        ({"json": [1, 2]}, 422, "instances"),
+        ({"json": {"key": "a"}}, 422, "instances"),
+        ({"json": {"instances": []}}, 422, "non-empty"),
+        ({"json": {"instances": [{"x": 1}], "extra": 1}}, 422, "extra"),
+        ({"json": {"instances": [3]}}, 422, "instances"),
+        ({"json": {"instances": [{"x": "a"}]}}, 422, "instances[0].x"),
+        ({"json": {"instances": [{"x": 1}] * 6}}, 413, "max_instances"),
+        ({"json": {"instance": {"x": 1}}, "headers": {"X-Shipyard-Variant": "no"}}, 400, "X-Shipyard-Variant"),
+        ({"content": b"{" + b" " * 3000 + b"}", "headers": {"content-type": "application/json"}}, 413, "max_body_bytes"),
+    ],
+    ids=["not json", "not an object", "no instances", "empty", "unknown field", "record not an object",
+         "record refused by the model", "too many", "unknown variant", "oversized"],
+)  # fmt: skip
+def test_client_mistakes_are_4xx_naming_the_field(
+    client: TestClient, kwargs: dict[str, Any], status: int, names: str
+) -> None:
+    r = client.post("/predict", **kwargs)
+    assert r.status_code == status, r.text
+    assert names in r.json()["error"], r.text
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_it_is_read_whole(
+    client: TestClient,
+) -> None:
+    sent = []
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(100):  # 100 KB offered, 2 KB allowed
+            sent.append(1)
+            yield b" " * 1024
+
+    r = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]
+    assert "content-length" not in r.request.headers  # it really went chunked
+
+
+def test_admin_routes_need_the_token(client: TestClient) -> None:
+    body = {"weights": {"treatment": 20}}
+    assert client.put("/variants", json=body).status_code == 401
+    wrong = client.put("/variants", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    ok = client.put("/variants", json=body, headers=ADMIN)
+    assert ok.status_code == 200 and ok.json()["weights"]["treatment"] == 20
+    bad = client.put("/variants", json={"weights": {"treatment": -1}}, headers=ADMIN)
+    assert bad.status_code == 422 and "weights.treatment" in bad.json()["error"]
+    unknown = client.put("/variants", json={"weights": {"nope": 1}}, headers=ADMIN)
+    assert unknown.status_code == 400 and "nope" in unknown.json()["error"]
+    missing = client.post("/variants/nope/promote", headers=ADMIN)
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+
+
+def test_openapi_describes_every_request_body(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+
+    def body_schema(path: str, method: str) -> dict[str, Any]:
+        op = doc["paths"][path][method]
+        schema: dict[str, Any] = op["requestBody"]["content"]["application/json"]["schema"]
+        return schema
+
+    for path, method in [("/predict", "post"), ("/explain", "post"), ("/feedback", "post"),
+                         ("/variants", "put"), ("/retrain/{request_id}/{action}", "post")]:  # fmt: skip
+        assert body_schema(path, method), (path, method)
+    predict = doc["components"]["schemas"]["PredictRequest"]["properties"]
+    assert {"instances", "instance", "key"} <= set(predict)
+    assert "200" in doc["paths"]["/predict"]["post"]["responses"]
+    assert "422" in doc["paths"]["/predict"]["post"]["responses"]
+    admin = doc["paths"]["/variants"]["put"]
+    assert admin.get("security") and "401" in admin["responses"]
+
+
+def test_every_error_class_has_one_status() -> None:
+    import shipyard.errors as errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type)
+               and issubclass(c, ShipyardError) and c is not ShipyardError]  # fmt: skip
+    for cls in classes:  # every error the server raises on purpose maps somewhere known
+        assert status_of(cls("x")) in {s for _, s in STATUS}, cls
+    assert status_of(InvalidRecord("x")) == 422 and status_of(RuntimeError("x")) == 500
