@@ -66,7 +66,10 @@ def fit_curve(
     out["gain_if_doubled"] = gain(float(n.max()))
     out["ceiling"] = float(a) * sign
     # gain(m) = b m^-c (1 - 2^-c) < min_gain  <=>  m > (b (1 - 2^-c) / min_gain)^(1/c)
-    out["saturation_rows"] = int(np.ceil((b * (1 - 2.0**-c) / min_gain) ** (1 / c)))
+    with np.errstate(over="ignore"):
+        saturation = float((b * (1 - 2.0**-c) / min_gain) ** (1 / c))
+    # A flat fitted exponent puts saturation past any reachable size: say so (None), not inf.
+    out["saturation_rows"] = int(np.ceil(saturation)) if np.isfinite(saturation) else None
     return out
 
 

@@ -28,3 +28,12 @@ def test_a_flat_curve_has_already_stopped_paying() -> None:
     rows = [500, 1000, 2000, 4000]
     out = fit_curve(rows, [0.8, 0.8001, 0.8, 0.8001], True, 0.002)
     assert out["saturation_rows"] is None or out["saturation_rows"] <= 4000
+
+
+def test_a_curve_that_keeps_climbing_has_no_saturation_point() -> None:
+    """Gains that do not shrink (log-linear) fit a flat exponent: saturation is out of reach and
+    says so (None), instead of overflowing."""
+    rows = [500, 1000, 2000, 4000, 8000, 16000]
+    out = fit_curve(rows, [0.5 + 0.05 * float(np.log2(n)) for n in rows], True, 0.002)
+    assert out["saturation_rows"] is None
+    assert out["gain_if_doubled"] is not None and out["gain_if_doubled"] > 0.002
