@@ -163,7 +163,7 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 422, 503)
+    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422, 503)
 }
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
@@ -221,11 +221,19 @@ def install_error_handlers(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> 
     app.add_exception_handler(RequestValidationError, on_validation)
 
 
-# --- body limit --------------------------------------------------------------------------------
-class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` is refused with 413 before it is read
-    whole, whether it declares a Content-Length or comes chunked (bytes are counted as they
-    arrive and reading stops at the limit)."""
+# --- body limit and content type --------------------------------------------------------------
+JSON_TYPES = (b"application/json",)
+
+
+class BodyGuard:
+    """ASGI middleware in front of every route:
+
+    - a request body over `max_bytes` is refused with 413 before it is read whole, whether it
+      declares a Content-Length or comes chunked (bytes are counted as they arrive and reading
+      stops at the limit);
+    - bodies are JSON: a body sent without a Content-Type is read as JSON, and any other type
+      (a form, text/plain: what a browser page on another site can send) is refused with 415.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -235,10 +243,20 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send, f"request body is {int(declared)} bytes")
+            await self._refuse(send, 413, f"request body is {int(declared)} bytes")
             return
+        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if kind and kind not in JSON_TYPES and not kind.endswith(b"+json"):
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                shown = kind.decode("latin-1")[:60]
+                await self._refuse(send, 415, f"Content-Type {shown!r}: send application/json")
+                return
+        elif not kind:  # curl -d without -H, or a bare POST: read it as JSON
+            scope = {**scope, "headers": [*scope.get("headers", []),
+                                          (b"content-type", b"application/json")]}  # fmt: skip
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -248,7 +266,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(send, f"request body exceeds {self.max_bytes} bytes")
+                await self._refuse(send, 413, f"request body exceeds {self.max_bytes} bytes")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -265,12 +283,14 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send, what: str) -> None:
-        body = json.dumps(error_body(f"{what}; limits.max_body_bytes={self.max_bytes}")).encode()
+    async def _refuse(self, send: Send, status: int, what: str) -> None:
+        if status == 413:
+            what += f"; limits.max_body_bytes={self.max_bytes}"
+        body = json.dumps(error_body(what)).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

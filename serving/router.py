@@ -27,7 +27,7 @@ from ray import serve
 from serving.edge import (
     ADMIN_ERRORS,
     ERRORS,
-    BodyLimit,
+    BodyGuard,
     Decision,
     ExplainResponse,
     FeedbackRequest,
@@ -183,7 +183,7 @@ class Router:
             {"/predict": PredictRequest, "/explain": PredictRequest, "/feedback": FeedbackRequest,
              "/variants": TrafficUpdate, "/retrain/{request_id}/{action}": Decision},
         )  # fmt: skip
-        api.add_middleware(BodyLimit, max_bytes=self.cfg.limits.max_body_bytes)
+        api.add_middleware(BodyGuard, max_bytes=self.cfg.limits.max_body_bytes)
         admin = [Depends(self.require_admin)]
         add = api.add_api_route
         add(

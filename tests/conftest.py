@@ -55,14 +55,16 @@ def job_env(home: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def cluster(home: Path, job_env: dict[str, str]) -> Iterator[Any]:
-    """A Ray cluster of this test session's own (2 CPUs), stopped by its own PID at the end.
+    """A Ray cluster of this test session's own, stopped by its own PID at the end.
 
+    4 logical CPUs on the machine's 2 cores: a small training job is mostly start-up and waiting,
+    so two jobs' Ray Train workers (2 CPUs each) can overlap instead of queueing for resources.
     Its processes see the registry of the tests and the serving app's admin token.
     """
     from shipyard.compute.localray import LocalCluster
 
     env = {**job_env, "SHIPYARD_ADMIN_TOKEN": ADMIN_TOKEN, **SERVE_ENV}
-    with LocalCluster(num_cpus=2, log_path=home / "ray-start.log", env=env) as c:
+    with LocalCluster(num_cpus=4, log_path=home / "ray-start.log", env=env) as c:
         yield c
 
 
@@ -148,17 +150,36 @@ def run_jobs(
 
 
 @pytest.fixture(scope="session")
-def trained(cluster: Any, dataset: Path, job_env: dict[str, str], home: Path) -> dict[str, Any]:
-    """One real training run through `ray job submit`; later tests inspect what it left."""
+def trained_job(
+    cluster: Any, dataset: Path, job_env: dict[str, str], home: Path
+) -> Iterator[dict[str, Any]]:
+    """The session's training run through the real `ray job submit`, started in the background:
+    a module that runs jobs of its own first requests this so that they overlap."""
+    from shipyard.compute.localray import ray_env
+    from shipyard.compute.submit import submit_command
+
     cfg = write_config(home / "train.yaml", str(dataset / "*.parquet"))
-    proc = submit(cluster, job_env, ["--config", str(cfg)])
-    out = proc.stdout + proc.stderr
+    cmd = submit_command(
+        cluster.address, ["python", "-m", "jobs.train", "--config", str(cfg)], env_vars=job_env
+    )
+    with (home / "trained.log").open("w+") as log:  # a file, never a pipe nobody reads
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ray_env(), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield {"proc": proc, "log": log, "config": cfg}
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.fixture(scope="session")
+def trained(trained_job: dict[str, Any]) -> dict[str, Any]:
+    """One real training run through `ray job submit`; later tests inspect what it left."""
+    proc = trained_job["proc"]
+    proc.wait(timeout=600)
+    trained_job["log"].seek(0)
+    out = trained_job["log"].read()
     assert proc.returncode == 0, out[-5000:]
-    return {
-        "result": job_result(out),
-        "output": out,
-        "config": cfg,
-    }
+    return {"result": job_result(out), "output": out, "config": trained_job["config"]}
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from tests.conftest import REPO, job_result, write_config
 
 IDLE_S = 20
 ROUNDS, CKPT_EVERY = 3000, 250  # per tuning trial
-TRIALS = 6  # three waves of two: trials are still to run when the driver is killed
+TRIALS = 4  # two waves of two: trials are still to run when the driver is killed
 
 
 @pytest.fixture(scope="module")

@@ -41,9 +41,13 @@ TASKS = {"multiclass": "tier", "regression": "spend"}
 
 @pytest.fixture(scope="module")
 def trained_tasks(
-    tmp_path_factory: pytest.TempPathFactory, cluster: Any, job_env: dict[str, str]
+    tmp_path_factory: pytest.TempPathFactory,
+    cluster: Any,
+    job_env: dict[str, str],
+    trained_job: dict[str, Any],
 ) -> dict[str, Any]:
-    """Both tasks' jobs at once, one CPU each on the 2-CPU test cluster."""
+    """Both tasks' jobs at once, one CPU each, beside the session's own training run (started
+    here so that its start-up overlaps theirs)."""
     jobs = {}
     for task, target in TASKS.items():
         tmp = tmp_path_factory.mktemp(task)

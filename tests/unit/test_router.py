@@ -112,6 +112,9 @@ def test_predict_and_feedback_round_trip(client: TestClient) -> None:
     ("kwargs", "status", "names"),
     [
         ({"content": b"{nope", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+        ({"content": b"{nope"}, 400, "not valid JSON"),  # no Content-Type: read as JSON
+        ({"content": b'{"instance": {"x": 1}}', "headers": {"content-type": "text/plain"}}, 415, "application/json"),
+        ({"data": {"instance": "x"}}, 415, "application/json"),  # a form, as a browser posts it
         ({"json": [1, 2]}, 422, "instances"),
         ({"json": {"key": "a"}}, 422, "instances"),
         ({"json": {"instances": []}}, 422, "non-empty"),
@@ -122,7 +125,7 @@ def test_predict_and_feedback_round_trip(client: TestClient) -> None:
         ({"json": {"instance": {"x": 1}}, "headers": {"X-Shipyard-Variant": "no"}}, 400, "X-Shipyard-Variant"),
         ({"content": b"{" + b" " * 3000 + b"}", "headers": {"content-type": "application/json"}}, 413, "max_body_bytes"),
     ],
-    ids=["not json", "not an object", "no instances", "empty", "unknown field", "record not an object",
+    ids=["not json", "no content type", "text/plain", "form", "not an object", "no instances", "empty", "unknown field", "record not an object",
          "record refused by the model", "too many", "unknown variant", "oversized"],
 )  # fmt: skip
 def test_client_mistakes_are_4xx_naming_the_field(
