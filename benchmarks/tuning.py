@@ -1,6 +1,6 @@
 """`make bench` (tuning): ASHA against a full random search over the same trials, and Tune's overhead.
 
-The same K configurations (sampled once from jobs.tune's default space with a fixed seed) on the
+The same K configurations (sampled once from the tuning job's default space (shipyard.training.tuning) with a fixed seed) on the
 same prepared data, each run by `jobs.tune.trial` — the code the tuning job runs:
 
   (a) full random search: FIFO, every trial to `max_rounds`         (the baseline)
@@ -29,9 +29,9 @@ from benchmarks.run import machine
 
 
 def sample_configs(k: int, seed: int) -> list[dict[str, Any]]:
-    """K configurations from jobs.tune's default space (its own Ray Tune domains), seeded."""
-    from jobs.tune import search_space
+    """K configurations from the tuning job's default space (shipyard.training.tuning) (its own Ray Tune domains), seeded."""
     from shipyard.config.jobs import TuneSection
+    from shipyard.training.tuning import search_space
 
     space = search_space(TuneSection().space)
     rng = np.random.default_rng(seed)
@@ -39,7 +39,7 @@ def sample_configs(k: int, seed: int) -> list[dict[str, Any]]:
 
 
 def indexed_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
-    from jobs.tune import trial
+    from shipyard.training.tuning import trial
 
     trial(data["configs"][config["i"]], data)
 
@@ -111,10 +111,10 @@ def main() -> None:
 
     fifo: Any = FIFOScheduler  # untyped in Ray
 
-    from jobs.tune import TUNE_METRIC
     from shipyard.config.jobs import DataSection
     from shipyard.demo import datagen
     from shipyard.training import data as data_mod
+    from shipyard.training.tuning import TUNE_METRIC
 
     cpus = os.cpu_count() or 2
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)

@@ -450,6 +450,18 @@ def test_bad_feedback_and_admin_requests(
     assert names in r.json()["error"], r.text
 
 
+def test_openapi_describes_the_live_apps_request_bodies(client: Client) -> None:
+    doc = client.get("/openapi.json")
+    for path, method in [("/predict", "post"), ("/explain", "post"), ("/feedback", "post"),
+                         ("/variants", "put"), ("/retrain/{request_id}/{action}", "post")]:  # fmt: skip
+        body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]
+        assert body["schema"], (path, method)
+    assert doc["paths"]["/variants"]["put"]["security"]  # admin: bearer token
+    r = client.session.post(f"{client.url}/feedback", data="request_id=x&outcome=1",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert r.status_code == 415 and "application/json" in r.json()["error"]
+
+
 def test_explain_sums_to_the_prediction(client: Client) -> None:
     rec = client.records[3]
     r = client.session.post(

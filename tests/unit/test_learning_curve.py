@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jobs.learning_curve import fit_curve, power_law
+from shipyard.training.curve import fit_curve, power_law
 
 
 @pytest.mark.parametrize("higher_is_better", [True, False])

@@ -25,7 +25,7 @@ def write(tmp_path: Path, tune: dict[str, Any]) -> Path:
 def test_space_becomes_ray_tune_domains(tmp_path: Path) -> None:
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    from jobs.tune import search_space
+    from shipyard.training.tuning import search_space
 
     cfg = load_tune_config(
         write(
@@ -77,7 +77,7 @@ def test_finished_study_keeps_only_each_trials_newest_checkpoint(tmp_path: Path)
 
     from ray.tune import Checkpoint
 
-    from jobs.tune import prune_checkpoints
+    from shipyard.training.tuning import prune_checkpoints
 
     results = []
     for trial in ("t1", "t2"):
@@ -99,8 +99,8 @@ def test_finished_study_keeps_only_each_trials_newest_checkpoint(tmp_path: Path)
 def test_searchers_carry_the_concurrency_limit(searcher: str) -> None:
     """Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator (a warning
     only): the limit must be the search algorithm's own."""
-    from jobs.tune import make_searcher
     from shipyard.config.jobs import TuneSection
+    from shipyard.training.tuning import make_searcher
 
     alg = make_searcher(TuneSection(searcher=searcher, max_concurrent_trials=2))
     assert alg.max_concurrent == 2
