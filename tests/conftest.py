@@ -101,52 +101,61 @@ def job_result(out: str, tag: str = contract.RESULT_TAG) -> dict[str, Any]:
     return result
 
 
-def submit(
-    cluster: Any, job_env: dict[str, str], args: list[str]
-) -> subprocess.CompletedProcess[str]:
+class Job:
+    """A job started in the background: stdout and stderr go to files (a pipe nobody reads
+    fills up and blocks the job in a print), read back by `finish`."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], logs: Path) -> None:
+        logs.parent.mkdir(parents=True, exist_ok=True)
+        self.cmd = cmd
+        self.out = open(f"{logs}.out", "w+")  # noqa: SIM115 (closed by finish)
+        self.err = open(f"{logs}.err", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=self.out, stderr=self.err, text=True
+        )
+
+    def finish(self, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self.out.seek(0)
+        self.err.seek(0)
+        done = subprocess.CompletedProcess(
+            self.cmd, self.proc.returncode, self.out.read(), self.err.read()
+        )
+        self.out.close()
+        self.err.close()
+        return done
+
+
+def submitted(cluster: Any, job_env: dict[str, str], args: list[str], logs: Path) -> Job:
     """The real `ray job submit` CLI, shipping this checkout as the job's runtime env."""
     from shipyard.compute.localray import ray_env
     from shipyard.compute.submit import submit_command
 
     cmd = submit_command(cluster.address, ["python", "-m", "jobs.train", *args], env_vars=job_env)
-    return subprocess.run(cmd, cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=600)
+    return Job(cmd, ray_env(), logs)
 
 
-def run_job(
-    cluster: Any, job_env: dict[str, str], args: list[str]
-) -> subprocess.CompletedProcess[str]:
+def driver(cluster: Any, job_env: dict[str, str], args: list[str], logs: Path) -> Job:
     """`python -m jobs.train` as its own driver, attached to the session's cluster."""
-    return run_jobs(cluster, job_env, {"job": args})["job"]
+    cmd = [sys.executable, "-m", "jobs.train", "--address", cluster.gcs_address, *args]
+    return Job(cmd, {**os.environ, **job_env}, logs)
 
 
 def run_jobs(
     cluster: Any, job_env: dict[str, str], jobs: dict[str, list[str]]
 ) -> dict[str, subprocess.CompletedProcess[str]]:
     """Several `python -m jobs.train` drivers at once (most of a small job is start-up and
-    waiting, which overlaps); output to files, never to pipes nobody reads."""
+    waiting, which overlaps)."""
     import tempfile
 
-    env = {**os.environ, **job_env}
     with tempfile.TemporaryDirectory(prefix="shipyard-jobs-") as tmp:
-        running = {}
-        for name, args in jobs.items():
-            out, err = (open(Path(tmp) / f"{i}-{name}", "w+") for i in (1, 2))  # noqa: SIM115
-            cmd = [sys.executable, "-m", "jobs.train", "--address", cluster.gcs_address, *args]
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
-            running[name] = (proc, cmd, out, err)
-        done = {}
-        for name, (proc, cmd, out, err) in running.items():
-            try:
-                proc.wait(timeout=600)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-            out.seek(0)
-            err.seek(0)
-            done[name] = subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
-            out.close()
-            err.close()
-        return done
+        running = {name: driver(cluster, job_env, args, Path(tmp) / name)
+                   for name, args in jobs.items()}  # fmt: skip
+        return {name: job.finish() for name, job in running.items()}
 
 
 @pytest.fixture(scope="session")
@@ -155,31 +164,39 @@ def trained_job(
 ) -> Iterator[dict[str, Any]]:
     """The session's training run through the real `ray job submit`, started in the background:
     a module that runs jobs of its own first requests this so that they overlap."""
-    from shipyard.compute.localray import ray_env
-    from shipyard.compute.submit import submit_command
-
     cfg = write_config(home / "train.yaml", str(dataset / "*.parquet"))
-    cmd = submit_command(
-        cluster.address, ["python", "-m", "jobs.train", "--config", str(cfg)], env_vars=job_env
-    )
-    with (home / "trained.log").open("w+") as log:  # a file, never a pipe nobody reads
-        proc = subprocess.Popen(cmd, cwd=REPO, env=ray_env(), stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield {"proc": proc, "log": log, "config": cfg}
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    job = submitted(cluster, job_env, ["--config", str(cfg)], home / "jobs" / "trained")
+    yield {"job": job, "config": cfg}
+    if job.proc.poll() is None:
+        job.proc.kill()
 
 
 @pytest.fixture(scope="session")
 def trained(trained_job: dict[str, Any]) -> dict[str, Any]:
     """One real training run through `ray job submit`; later tests inspect what it left."""
-    proc = trained_job["proc"]
-    proc.wait(timeout=600)
-    trained_job["log"].seek(0)
-    out = trained_job["log"].read()
+    proc = trained_job["job"].finish()
+    out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     return {"result": job_result(out), "output": out, "config": trained_job["config"]}
+
+
+@pytest.fixture(scope="session")
+def later_jobs(
+    trained: dict[str, Any], cluster: Any, job_env: dict[str, str], registry: Any, home: Path
+) -> Iterator[dict[str, Any]]:
+    """Two more runs of the session's model, started in the background as soon as the first
+    one is registered (the serving module requests this before it deploys, so they overlap it):
+    a second candidate through `ray job submit`, and a plain driver whose gates fail."""
+    cfg = str(trained["config"])
+    aliases = registry.aliases(MODEL)
+    second = submitted(cluster, job_env, ["--config", cfg, "--set", "train.params.eta=0.3"],
+                       home / "jobs" / "second")  # fmt: skip
+    gated = driver(cluster, job_env, ["--config", cfg, "--set", "gates.baseline_margin=0.5"],
+                   home / "jobs" / "gated")  # fmt: skip
+    yield {"second": second, "gated": gated, "aliases_before": aliases}
+    for job in (second, gated):
+        if job.proc.poll() is None:
+            job.proc.kill()
 
 
 @pytest.fixture(scope="session")

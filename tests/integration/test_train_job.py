@@ -1,6 +1,5 @@
 """The training job through the real `ray job submit` CLI, a real local Ray and a real MLflow store."""
 
-import concurrent.futures as cf
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from shipyard.bundle.schema import InputSchema
 from shipyard.demo import datagen
 from shipyard.events import EventLog
 from shipyard.registry import CHALLENGER, CHAMPION
-from tests.conftest import MODEL, run_job, submit
+from tests.conftest import MODEL
 
 
 def test_job_registers_a_complete_version(trained: dict[str, Any], registry: Any) -> None:
@@ -93,21 +92,11 @@ def test_checkpoints_and_events(trained: dict[str, Any], registry: Any, home: Pa
 
 
 @pytest.fixture(scope="module")
-def later_runs(
-    trained: dict[str, Any], cluster: Any, job_env: dict[str, str], registry: Any
-) -> dict[str, Any]:
-    """Two more runs at once: a second candidate through `ray job submit` and one that fails
-    its gates (a plain driver). Most of a job is start-up and waiting, which overlaps."""
-    cfg = str(trained["config"])
-    aliases = registry.aliases(MODEL)
-    with cf.ThreadPoolExecutor(2) as pool:
-        second = pool.submit(
-            submit, cluster, job_env, ["--config", cfg, "--set", "train.params.eta=0.3"]
-        )
-        gated = pool.submit(
-            run_job, cluster, job_env, ["--config", cfg, "--set", "gates.baseline_margin=0.5"]
-        )
-        return {"second": second.result(), "gated": gated.result(), "aliases_before": aliases}
+def later_runs(later_jobs: dict[str, Any]) -> dict[str, Any]:
+    """Two more runs at once (started in the background by `later_jobs`): a second candidate
+    through `ray job submit` and one that fails its gates (a plain driver)."""
+    return {"second": later_jobs["second"].finish(), "gated": later_jobs["gated"].finish(),
+            "aliases_before": later_jobs["aliases_before"]}  # fmt: skip
 
 
 def test_second_run_is_challenger_and_compared_to_champion(
