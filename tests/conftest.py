@@ -159,34 +159,47 @@ def run_jobs(
 
 
 @pytest.fixture(scope="session")
-def trained_job(
+def session_jobs(
     cluster: Any, dataset: Path, job_env: dict[str, str], home: Path
 ) -> Iterator[dict[str, Any]]:
-    """The session's training run through the real `ray job submit`, started in the background:
-    a module that runs jobs of its own first requests this so that they overlap."""
+    """The session's own training run and the learning-curve job, both through the real
+    `ray job submit`, started together in the background: most of a small job is start-up and
+    waiting, so they overlap each other and the modules that request this first (data prep,
+    learning curve, the other tasks' trainings). Their tests wait for them (`Job.finish`)."""
+    from shipyard.compute.localray import ray_env
+    from shipyard.compute.submit import submit_command
+
     cfg = write_config(home / "train.yaml", str(dataset / "*.parquet"))
-    job = submitted(cluster, job_env, ["--config", str(cfg)], home / "jobs" / "trained")
-    yield {"job": job, "config": cfg}
-    if job.proc.poll() is None:
-        job.proc.kill()
+    trained = submitted(cluster, job_env, ["--config", str(cfg)], home / "jobs" / "trained")
+    curve_cfg = write_config(
+        home / "curve.yaml", str(dataset / "*.parquet"), model={"name": "churn-curve"}
+    )
+    entry = ["python", "-m", "jobs.learning_curve", "--config", str(curve_cfg)]
+    entry += ["--fractions", "0.1,0.25,0.5,1.0", "--repeats", "1"]
+    curve = Job(submit_command(cluster.address, entry, env_vars=job_env), ray_env(),
+                home / "jobs" / "curve")  # fmt: skip
+    yield {"trained": trained, "config": cfg, "curve": curve}
+    for job in (trained, curve):
+        if job.proc.poll() is None:
+            job.proc.kill()
 
 
 @pytest.fixture(scope="session")
-def trained(trained_job: dict[str, Any]) -> dict[str, Any]:
+def trained(session_jobs: dict[str, Any]) -> dict[str, Any]:
     """One real training run through `ray job submit`; later tests inspect what it left."""
-    proc = trained_job["job"].finish()
+    proc = session_jobs["trained"].finish()
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
-    return {"result": job_result(out), "output": out, "config": trained_job["config"]}
+    return {"result": job_result(out), "output": out, "config": session_jobs["config"]}
 
 
 @pytest.fixture(scope="session")
 def later_jobs(
     trained: dict[str, Any], cluster: Any, job_env: dict[str, str], registry: Any, home: Path
 ) -> Iterator[dict[str, Any]]:
-    """Two more runs of the session's model, started in the background as soon as the first
-    one is registered (the serving module requests this before it deploys, so they overlap it):
-    a second candidate through `ray job submit`, and a plain driver whose gates fail."""
+    """Two more runs of the session's model, at once: a second candidate through `ray job
+    submit`, and a plain driver whose gates fail. (Started beside the serving module instead,
+    they slowed its deploy and its load tests by as much as they saved.)"""
     cfg = str(trained["config"])
     aliases = registry.aliases(MODEL)
     second = submitted(cluster, job_env, ["--config", cfg, "--set", "train.params.eta=0.3"],

@@ -11,7 +11,8 @@ from shipyard.demo import datagen
 
 
 @pytest.fixture
-def connected(cluster: Any) -> Any:
+def connected(cluster: Any, session_jobs: dict[str, Any]) -> Any:
+    """A driver on the session's cluster (whose background jobs start now, beside this test)."""
     ray.init(address=cluster.gcs_address, log_to_driver=False)
     yield
     ray.shutdown()  # disconnects this driver; the session's cluster keeps running

@@ -1,27 +1,18 @@
 """`jobs.learning_curve` through the real `ray job submit` CLI on the session's cluster."""
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from shipyard import contract
-from shipyard.compute.localray import ray_env
-from shipyard.compute.submit import submit_command
-from tests.conftest import REPO, job_result, write_config
+from tests.conftest import job_result
 
 
 def test_learning_curve_job_reports_points_a_fit_and_a_plot(
-    cluster: Any, dataset: Path, job_env: dict[str, str], home: Path, registry: Any
+    session_jobs: dict[str, Any], registry: Any
 ) -> None:
-    cfg = write_config(
-        home / "curve.yaml", str(dataset / "*.parquet"), model={"name": "churn-curve"}
-    )
-    entry = ["python", "-m", "jobs.learning_curve", "--config", str(cfg)]
-    entry += ["--fractions", "0.1,0.25,0.5,1.0", "--repeats", "1"]
-    proc = subprocess.run(
-        submit_command(cluster.address, entry, env_vars=job_env),
-        cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    """The job was submitted with the session's jobs (`conftest.session_jobs`): fractions
+    0.1, 0.25, 0.5 and 1.0 of the training split, one repeat each."""
+    proc = session_jobs["curve"].finish()
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     report = job_result(out, contract.CURVE_RESULT_TAG)

@@ -44,10 +44,10 @@ def trained_tasks(
     tmp_path_factory: pytest.TempPathFactory,
     cluster: Any,
     job_env: dict[str, str],
-    trained_job: dict[str, Any],
+    session_jobs: dict[str, Any],
 ) -> dict[str, Any]:
-    """Both tasks' jobs at once, one CPU each, beside the session's own training run (started
-    here so that its start-up overlaps theirs)."""
+    """Both tasks' jobs at once, one CPU each, beside the session's own jobs (`session_jobs`:
+    started here at the latest, so that their start-up overlaps)."""
     jobs = {}
     for task, target in TASKS.items():
         tmp = tmp_path_factory.mktemp(task)

@@ -41,14 +41,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 @pytest.fixture(scope="module")
 def versions(
-    trained: dict[str, Any],
-    registry: Any,
-    tmp_path_factory: pytest.TempPathFactory,
-    later_jobs: dict[str, Any],
+    trained: dict[str, Any], registry: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, int]:
-    """Two good versions (same bundle, two numbers) and one whose ONNX file is corrupt.
-    (`later_jobs`: the training module's two runs start now, in the background, beside this
-    module; they register under another model name.)"""
+    """Two good versions (same bundle, two numbers) and one whose ONNX file is corrupt."""
     run_id = trained["result"]["run_id"]
     good = [
         registry.register(SERVE_MODEL, run_id, tags={"purpose": "serving-test"}) for _ in range(2)
