@@ -114,12 +114,17 @@ class Job:
             cmd, cwd=REPO, env=env, stdout=self.out, stderr=self.err, text=True
         )
 
+    def stop(self) -> None:
+        """Kill the job if it is still running (a teardown: only what this test started)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
     def finish(self, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         try:
             self.proc.wait(timeout=timeout)
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+            self.stop()
         self.out.seek(0)
         self.err.seek(0)
         done = subprocess.CompletedProcess(
@@ -180,8 +185,7 @@ def session_jobs(
                 home / "jobs" / "curve")  # fmt: skip
     yield {"trained": trained, "config": cfg, "curve": curve}
     for job in (trained, curve):
-        if job.proc.poll() is None:
-            job.proc.kill()
+        job.stop()
 
 
 @pytest.fixture(scope="session")
@@ -208,8 +212,7 @@ def later_jobs(
                    home / "jobs" / "gated")  # fmt: skip
     yield {"second": second, "gated": gated, "aliases_before": aliases}
     for job in (second, gated):
-        if job.proc.poll() is None:
-            job.proc.kill()
+        job.stop()
 
 
 @pytest.fixture(scope="session")

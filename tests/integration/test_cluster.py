@@ -3,14 +3,13 @@
 One cluster for the module: a head with no CPUs, fake spot and on-demand worker types (1 CPU
 each), autoscaler v2 and Shipyard's spot fallback controller. The tests run in order: a training
 job that scales the cluster up from zero and loses its spot node mid-run; a tuning study that
-loses a trial's node and then its driver (resumed with `--resume`); the idle scale-down to zero; a spot outage (on-demand within a
-minute).
+loses its driver and, resumed with `--resume`, a trial's node; the idle scale-down to zero; a
+spot outage (on-demand within a minute).
 """
 
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from shipyard.compute.localcluster import AutoscalingLocalCluster, preempt, work
 from shipyard.compute.localray import ray_env
 from shipyard.compute.submit import submit_command
 from shipyard.events import EventLog
-from tests.conftest import REPO, job_result, write_config
+from tests.conftest import Job, job_result, write_config
 
 IDLE_S = 20
 ROUNDS, CKPT_EVERY = 3000, 250  # per tuning trial
@@ -100,11 +99,7 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
     cmd = submit_command(
         acluster.address, ["python", "-m", "jobs.train", "--config", str(cfg)], env_vars=job_env
     )
-    log = home / "cluster-train.log"
-    with log.open("w") as log_file:  # a file, not a pipe: nothing blocks the client
-        job = subprocess.Popen(
-            cmd, cwd=REPO, env=ray_env(), stdout=log_file, stderr=subprocess.STDOUT
-        )
+    job = Job(cmd, ray_env(), home / "cluster-train")
     try:
         wait_for("a first checkpoint", lambda: latest_checkpoint_rounds(ckpt) > 0, 240)
         nodes = worker_nodes(acluster.gcs_address)
@@ -113,12 +108,10 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
         victim, worker = live_actor(acluster, "RayTrainWorker")  # the spot node it runs on
         killed = preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
         assert worker in killed  # the node went with the training worker on it, mid-run
-        job.wait(timeout=400)
     finally:
-        if job.poll() is None:
-            job.kill()
-    out = log.read_text()
-    assert job.returncode == 0, out[-6000:]
+        done = job.finish(timeout=400)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-6000:]
     result = job_result(out)
     training = result["training"]
     # Resumed from a checkpoint at least as recent as the last one seen before the node went,
@@ -129,29 +122,31 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
     assert result["registered_version"] >= 1
 
 
-def trial_rows(study: Path) -> list[list[dict[str, Any]]]:
-    """Every trial's reported rows so far (one list per trial directory)."""
-    rows = []
+def trial_rows(study: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every trial's reported rows so far, by trial directory."""
+    rows = {}
     for p in sorted(study.glob("*/result.json")):
-        rows.append([json.loads(x) for x in p.read_text().splitlines() if x.strip()])
+        rows[p.parent.name] = [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
     return rows
 
 
 def finished_trials(study: Path, rounds: int) -> int:
-    return sum(bool(r) and r[-1].get("rounds") == rounds for r in trial_rows(study))
+    return sum(bool(r) and r[-1].get("rounds") == rounds for r in trial_rows(study).values())
 
 
-def continued_trials(study: Path) -> int:
-    """Trials that reported again after a restart from their own checkpoint."""
-    return sum(any((x.get("resumed_from") or 0) > 0 for x in r) for r in trial_rows(study))
-
-
-def running_trial_node(study: Path, rounds: int) -> str | None:
-    """The node of a trial that has a checkpoint and has done at most a third of its rounds."""
-    for r in trial_rows(study):
-        if r and CKPT_EVERY <= r[-1]["rounds"] <= rounds // 3:
-            return str(r[-1]["node_id"])
+def running_trial(study: Path, rounds: int, since: float = 0.0) -> tuple[str, str] | None:
+    """(trial, node) of a trial that reported since `since`, has a checkpoint and has done at
+    most a third of its rounds."""
+    for name, r in trial_rows(study).items():
+        if r and r[-1]["timestamp"] >= since and CKPT_EVERY <= r[-1]["rounds"] <= rounds // 3:
+            return name, str(r[-1]["node_id"])
     return None
+
+
+def continued_elsewhere(study: Path, trial: str, lost_node: str) -> bool:
+    """The trial reported again from another node, restarted from one of its checkpoints."""
+    rows = trial_rows(study).get(trial, [])
+    return any(x["node_id"] != lost_node and (x.get("resumed_from") or 0) > 0 for x in rows)
 
 
 def test_tuning_survives_a_lost_node_and_a_killed_driver(
@@ -179,28 +174,33 @@ def test_tuning_survives_a_lost_node_and_a_killed_driver(
     env = {**os.environ, **job_env}
     driver = [sys.executable, "-m", "jobs.tune", "--config", str(cfg)]
     driver += ["--address", acluster.gcs_address]
-    # The driver's output goes to a file: a pipe nobody reads fills up and blocks the driver
-    # in a print, which looks exactly like a stalled study.
-    first_log = (home / "cluster-tune-first.log").open("w")
-    first = subprocess.Popen(driver, cwd=REPO, env=env, stdout=first_log, stderr=subprocess.STDOUT)
+    # The order does not depend on the machine's speed: each step waits for a trial that has
+    # a checkpoint and has done at most a third of its rounds, so work is always left.
+    # 1. The driver is killed outright while the first wave runs (trials in flight die with it).
+    first = Job(driver, env, home / "cluster-tune-first")
     try:
-        # 1. A spot node running a trial is reclaimed once that trial has a checkpoint: Tune
-        # retries the trial on another node from its checkpoint, under the same driver.
-        victim = wait_for("a checkpointed trial", lambda: running_trial_node(study, ROUNDS), 300)
-        preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
-        wait_for("a trial continuing from its checkpoint", lambda: continued_trials(study), 240)
-        # 2. Then kill the driver outright (trials in flight die with it).
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
-        finished = finished_trials(study, ROUNDS)
-        assert finished < TRIALS, "the study ended before the driver was killed"
+        wait_for("a checkpointed trial", lambda: running_trial(study, ROUNDS), 300)
+        first.proc.send_signal(signal.SIGKILL)
     finally:
-        if first.poll() is None:
-            first.kill()
-        first_log.close()
-    resumed = subprocess.run(
-        [*driver, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
+        first.finish(timeout=30)
+    assert finished_trials(study, ROUNDS) < TRIALS
+    # 2. `--resume` continues the study. A spot node running one of its trials is reclaimed
+    # once that trial has a checkpoint: Tune retries the trial on another node from its
+    # checkpoint, under the resumed driver.
+    resumed_at = time.time()
+    second = Job([*driver, "--resume"], env, home / "cluster-tune-resumed")
+    try:
+        trial, victim = wait_for(
+            "a checkpointed trial after the resume",
+            lambda: running_trial(study, ROUNDS, since=resumed_at), 300,
+        )  # fmt: skip
+        preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
+        wait_for(
+            "the trial continuing from its checkpoint on another node",
+            lambda: continued_elsewhere(study, trial, victim), 240,
+        )  # fmt: skip
+    finally:
+        resumed = second.finish(timeout=600)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-6000:]
     result = job_result(out, contract.TUNE_RESULT_TAG)
