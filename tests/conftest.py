@@ -87,6 +87,7 @@ def write_config(path: Path, data_path: str, **sections: dict[str, Any]) -> Path
             "num_workers": 2, "num_boost_round": 80, "early_stopping_rounds": 10,
             "checkpoint_every": 10, "params": {"max_depth": 5, "eta": 0.15},
         },
+        "fairness": {"sensitive": ["country"]},
     }  # fmt: skip
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)
@@ -212,6 +213,23 @@ def later_jobs(
                    home / "jobs" / "gated")  # fmt: skip
     yield {"second": second, "gated": gated, "aliases_before": aliases}
     for job in (second, gated):
+        job.stop()
+
+
+@pytest.fixture(scope="session")
+def real_jobs(
+    cluster: Any, job_env: dict[str, str], registry: Any, home: Path
+) -> Iterator[dict[str, Job]]:
+    """Training runs on real public tables (tests/realdata.py), started in the background as
+    drivers by the first module that needs them (the other tasks' trainings run beside them)."""
+    from tests import realdata
+
+    registry.client.search_experiments(max_results=1)  # the store exists before the jobs race
+    configs = realdata.write_runs(home / "real")
+    jobs = {name: driver(cluster, job_env, ["--config", str(cfg)], home / "jobs" / name)
+            for name, cfg in configs.items()}  # fmt: skip
+    yield jobs
+    for job in jobs.values():
         job.stop()
 
 

@@ -40,8 +40,16 @@ def test_job_registers_a_complete_version(trained: dict[str, Any], registry: Any
         "calibration_error",
         "baseline_auc",
         "onnx_p50_ms",
+        "slices_tested",
+        "fairness.country.demographic_parity_difference",
+        "fairness.country.equalized_odds_difference.ci_high",
     ):
         assert m in run.data.metrics, m
+    # The result line shows the slice gate (worst slices with intervals) and the group gaps.
+    assert res["slices"]["failed"] == 0 and len(res["slices"]["worst"]) == 3
+    assert "rows): auc" in res["slices"]["worst"][0] and "[" in res["slices"]["worst"][0]
+    gaps = res["fairness"]["country"]
+    assert set(gaps) == {"demographic_parity_difference", "equalized_odds_difference"}
     assert mv.tags["data_fingerprint"] == run.data.params["data.sha256"]
 
 
@@ -63,7 +71,10 @@ def test_bundle_is_self_contained_and_verified(
 
     evaluation = json.loads((bundle / "evaluation.json").read_text())
     assert evaluation["gates"]["passed"] is True
-    assert {s["feature"] for s in evaluation["slices"]} == set(datagen.CATEGORICAL)
+    slices = evaluation["slices"]  # every feature: categorical values and numeric quartiles
+    assert {s["feature"] for s in slices["slices"]} == set(schema.names)
+    assert slices["failed"] == 0 and slices["tested"] >= 30 and slices["correction"] == "holm"
+    assert all(s["ci95"] for s in slices["slices"] if s["verdict"] != "untested")
     lineage = json.loads((bundle / "lineage.json").read_text())
     assert lineage["data"]["files"] and all("sha256" in f for f in lineage["data"]["files"])
 

@@ -129,3 +129,51 @@ def test_push_equals_add() -> None:
     for v in x:
         b.push(float(v))
     assert (b.n, b.mean, b.var) == pytest.approx((a.n, a.mean, a.var))
+
+
+def test_keyed_outcomes_stream_exactly_and_reduce_to_the_request_variance_for_single_requests() -> (
+    None
+):
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 300, 5000)
+    y = (rng.random(5000) < 0.3).astype(float)
+    streamed = abstats.KeyedOutcomes()
+    for k, v in zip(keys, y, strict=True):
+        streamed.push(f"k{k}", float(v))
+    batch = abstats.KeyedOutcomes.from_units(np.bincount(keys, y), np.bincount(keys))
+    for field in ("units", "sum_y", "sum_n", "sum_yy", "sum_nn", "sum_yn"):
+        assert getattr(streamed, field) == pytest.approx(getattr(batch, field))
+    assert streamed.mean == pytest.approx(y.mean())
+    again = abstats.KeyedOutcomes.from_json(streamed.to_json())
+    assert again.var_of_mean == pytest.approx(streamed.var_of_mean)
+    # One request per unit (no key): the delta method is the ordinary variance of a mean.
+    single = abstats.KeyedOutcomes()
+    for v in y[:1000]:
+        single.push(None, float(v))
+    assert single.units == 1000
+    assert single.var_of_mean == pytest.approx(y[:1000].var(ddof=1) / 1000)
+
+
+def test_keyed_variance_matches_a_bootstrap_over_keys() -> None:
+    rng = np.random.default_rng(4)
+    n = rng.integers(1, 51, 400)
+    q = rng.beta(0.5, 2.0, 400)
+    ys = rng.binomial(n, q).astype(float)
+    est = abstats.KeyedOutcomes.from_units(ys, n)
+    boot = []
+    for _ in range(2000):
+        i = rng.integers(0, 400, 400)
+        boot.append(ys[i].sum() / n[i].sum())
+    assert np.sqrt(est.var_of_mean) == pytest.approx(np.std(boot), rel=0.1)
+    # Far wider than if the requests were independent: that is the false positives' source.
+    assert est.var_of_mean > 5 * est.mean * (1 - est.mean) / n.sum()
+
+
+def test_aa_with_repeated_keys_stays_within_alpha_per_key_and_not_per_request() -> None:
+    from tests import simulations as sim
+
+    result = sim.aa_repeated_keys(reps=100)
+    assert result["per_key_sequential"] <= 0.05, result
+    assert result["per_key_fixed"] <= 0.08, result  # alpha plus simulation error (100 runs)
+    assert result["per_request_sequential"] >= 0.2, result  # what the key-level analysis fixes
+    assert result["per_request_fixed"] >= 0.3, result

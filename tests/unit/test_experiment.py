@@ -28,15 +28,18 @@ class FakeAliases:
         self.map.pop(alias)
 
 
+VARIANTS = [
+    {"name": "control", "version": "champion", "weight": 90},
+    {"name": "treatment", "version": 2, "weight": 10},
+    {"name": "cand", "version": 3, "shadow": 20},
+]
+
+
 def config(**extra: Any) -> ServingConfig:
     return parse_serving_config(
         {
             "model": "m",
-            "variants": [
-                {"name": "control", "version": "champion", "weight": 90},
-                {"name": "treatment", "version": 2, "weight": 10},
-                {"name": "cand", "version": 3, "shadow": 20},
-            ],
+            "variants": VARIANTS,
             "guardrails": {"min_requests": 50},
             "ab": {"min_outcomes": 20},
             **extra,
@@ -233,3 +236,29 @@ def test_a_batch_delivered_twice_is_counted_once(exp: Experiment) -> None:
     exp.ingest(batch)  # a router re-sends a flush whose answer it did not get
     st = exp.stats["treatment"]
     assert st.requests == 5 and st.errors == 2 and st.epoch_requests == 5
+
+
+def test_outcomes_are_analysed_per_key_and_treatments_are_a_family(tmp_path: Path) -> None:
+    three_arms = [{**VARIANTS[0], "weight": 50}, {**VARIANTS[1], "weight": 25},
+                  {"name": "cand", "version": 3, "weight": 25}]  # fmt: skip
+    exp = Experiment(
+        config(variants=three_arms), VERSIONS, state_dir=tmp_path / "s", aliases=FakeAliases({})
+    )
+    # 40 keys per variant, 20 requests each; a key converts on all its requests or none.
+    for variant, converting in (("control", 8), ("treatment", 12), ("cand", 8)):
+        for k in range(40):
+            recs = requests_for(variant, 20, key=f"{variant}-{k}")
+            exp.ingest(recs)
+            for r in recs:
+                exp.feedback(r["id"], int(k < converting))
+    rep = exp.report()
+    treatment = rep["comparisons"]["treatment"]
+    assert rep["variants"]["treatment"]["outcome_units"] == 40
+    assert "delta-method variance over 40 + 40 units" in treatment["test"]
+    # 800 requests per arm but 40 units: 30% vs 20% is not significant per key (it would be
+    # per request, p ~ 1e-5).
+    assert treatment["p_value"] > 0.2
+    lo, hi = rep["variants"]["treatment"]["outcome_ci95"]
+    assert hi - lo > 0.2  # ~ the width of 40 Bernoulli draws, not of 800
+    assert treatment["family"] == {"treatments": 2, "correction": "holm"}
+    assert treatment["sequential_p_adjusted"] >= treatment["sequential_p_value"]

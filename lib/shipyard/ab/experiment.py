@@ -23,10 +23,11 @@ import numpy as np
 
 from shipyard.ab import statistics as abstats
 from shipyard.ab.routing import Allocation
-from shipyard.ab.statistics import Moments
+from shipyard.ab.statistics import KeyedOutcomes, Moments
 from shipyard.config.serving import ServingConfig, TrafficUpdate
 from shipyard.errors import Conflict, InvalidInput, ModelNotFound
 from shipyard.events import EventLog
+from shipyard.multiplicity import holm
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class VariantStats:
         self.explicit = 0  # targeted with X-Shipyard-Variant: left out of A/B statistics
         self.predictions = Moments()
         self.outcomes = Moments()  # joined feedback of A/B-eligible requests
+        self.keyed = KeyedOutcomes()  # the same outcomes by unit of randomisation (key)
         self.new_epoch()
 
     def new_epoch(self) -> None:
@@ -84,6 +86,7 @@ class VariantStats:
             "explicit": self.explicit,
             "predictions": self.predictions.to_json(),
             "outcomes": self.outcomes.to_json(),
+            "keyed": self.keyed.to_json(),
         }
 
     def load(self, d: dict[str, Any]) -> None:
@@ -91,6 +94,7 @@ class VariantStats:
             setattr(self, k, int(d.get(k, 0)))
         self.predictions = Moments.from_json(d["predictions"])
         self.outcomes = Moments.from_json(d["outcomes"])
+        self.keyed = KeyedOutcomes.from_json(d["keyed"])
 
 
 class ShadowStats:
@@ -350,6 +354,7 @@ class Experiment:
             "version": r.get("version"),
             "pred": pred,
             "ab": ab,
+            "key": r.get("key"),
             "ts": r.get("ts", self.clock()),
         }
         while len(self.index) > self.max_index:
@@ -408,7 +413,9 @@ class Experiment:
         entry = self.index[request_id]
         entry["outcome"] = outcome
         if entry["ab"]:
-            self.stats[entry["variant"]].outcomes.push(outcome)
+            st = self.stats[entry["variant"]]
+            st.outcomes.push(outcome)
+            st.keyed.push(entry.get("key"), outcome)
             self._look()
 
     def _expire_pending(self) -> None:
@@ -425,6 +432,7 @@ class Experiment:
     def _look(self) -> None:
         """One more look for every treatment: update the running min of the mSPRT p-value."""
         ctl = self.stats[self.control].outcomes
+        ctl_keyed = self.stats[self.control].keyed
         for name in self.weights:
             if name == self.control:
                 continue
@@ -432,7 +440,8 @@ class Experiment:
             state = self.msprt.setdefault(name, {"tau": self.cfg.ab.msprt_tau, "p": 1.0})
             if min(ctl.n, trt.n) < max(2, self.cfg.ab.min_outcomes):
                 continue
-            var = abstats.diff_variance(ctl, trt, self._conversion())
+            # At the unit of randomisation: a key's outcomes are not independent draws.
+            var = ctl_keyed.var_of_mean + self.stats[name].keyed.var_of_mean
             if state["tau"] is None:
                 pooled = Moments()
                 pooled.merge(ctl)
@@ -472,8 +481,9 @@ class Experiment:
         if err_t - err_c > g.max_error_rate_delta:
             return (
                 f"error rate {err_t:.2%} vs control {err_c:.2%} exceeds "
-                f"guardrails.max_error_rate_delta={g.max_error_rate_delta:.2%} "
-                f"over {trt.epoch_requests} requests"
+                f"guardrails.max_error_rate_delta={g.max_error_rate_delta:.2%} (threshold on "
+                f"the observed difference, no test; over {trt.epoch_requests} treatment and "
+                f"{ctl.epoch_requests} control requests since the split last changed)"
             )
         lat_c, lat_t = ctl.latency.values(), trt.latency.values()
         if min(lat_c.size, lat_t.size) >= max(g.min_requests, g.min_latency_samples):
@@ -483,22 +493,19 @@ class Experiment:
                 return (
                     f"p99 latency {p99_t:.1f} ms vs control {p99_c:.1f} ms exceeds "
                     f"guardrails.max_p99_ratio={g.max_p99_ratio} "
-                    f"(and min_p99_delta_ms={g.min_p99_delta_ms})"
+                    f"(and min_p99_delta_ms={g.min_p99_delta_ms}; threshold on the observed "
+                    f"p99s, no test; over the last {lat_t.size} treatment and {lat_c.size} "
+                    "control latencies)"
                 )
         return None
 
     def report(self) -> dict[str, Any]:
         """GET /ab: per-variant statistics, comparisons with control, SRM and a recommendation."""
         ab = self.cfg.ab
-        conv = self._conversion()
         variants: dict[str, Any] = {}
         for name, st in self.stats.items():
             o = st.outcomes
-            interval = (
-                abstats.wilson_interval(o.total, o.n, ab.alpha)
-                if conv
-                else abstats.t_interval(o, ab.alpha)
-            )
+            interval = st.keyed.interval(ab.alpha)
             variants[name] = {
                 "model_version": self.versions[name],
                 "weight": self.weights.get(name, 0.0),
@@ -511,6 +518,7 @@ class Experiment:
                 "latency_ms": abstats.percentiles(st.latency.values()),
                 "mean_prediction": st.predictions.mean if st.predictions.n else None,
                 "outcomes": o.n,
+                "outcome_units": st.keyed.units,
                 "outcome_mean": o.mean if o.n else None,
                 "outcome_ci95": list(interval) if o.n else None,
                 "rolled_back": self.rolled_back.get(name),
@@ -521,13 +529,21 @@ class Experiment:
         srm = abstats.srm_test({n: s.units for n, s in self.stats.items()}, shares)
         srm_flagged = srm["p_value"] is not None and srm["p_value"] < ab.srm_p
         srm.update({"flagged": srm_flagged, "threshold": ab.srm_p, "epoch": self.epoch})
-        comparisons = {}
-        ctl = self.stats[self.control].outcomes
-        for name, st in self.stats.items():
-            live = self.weights.get(name, 0) > 0 or name in self.rolled_back
-            if name == self.control or (st.outcomes.n == 0 and not live):
-                continue
-            comparisons[name] = self._compare(name, ctl, st.outcomes, srm_flagged)
+        compared = [
+            name
+            for name, st in self.stats.items()
+            if name != self.control
+            and (st.outcomes.n or self.weights.get(name, 0) > 0 or name in self.rolled_back)
+        ]
+        # Several treatments are a family: Holm over their always-valid p-values.
+        raw = [self._sequential_p(n) for n in compared]
+        tested = [i for i, p in enumerate(raw) if p is not None]
+        family = holm([p for p in raw if p is not None])
+        adjusted: dict[str, float] = {compared[i]: family[j] for j, i in enumerate(tested)}
+        comparisons = {
+            name: self._compare(name, srm_flagged, adjusted.get(name), len(tested))
+            for name in compared
+        }
         return {
             "model": self.cfg.model,
             "control": self.control,
@@ -542,18 +558,24 @@ class Experiment:
             "feedback_unmatched": self.feedback_unmatched,
         }
 
-    def _compare(self, name: str, ctl: Moments, trt: Moments, srm_flagged: bool) -> dict[str, Any]:
-        ab = self.cfg.ab
-        conv = self._conversion()
-        diff = trt.mean - ctl.mean if min(ctl.n, trt.n) else None
-        if conv:
-            stat, p = abstats.two_proportion_ztest(ctl.total, ctl.n, trt.total, trt.n)
-            test = "two-proportion z-test"
-        else:
-            stat, p = abstats.welch_test(ctl, trt)
-            test = "Welch t-test"
+    def _sequential_p(self, name: str) -> float | None:
         seq = self.msprt.get(name, {})
-        seq_p = seq.get("p") if seq.get("tau") is not None else None
+        p = seq.get("p")
+        return float(p) if p is not None and seq.get("tau") is not None else None
+
+    def _compare(
+        self, name: str, srm_flagged: bool, seq_adjusted: float | None, family: int
+    ) -> dict[str, Any]:
+        ab = self.cfg.ab
+        ctl, trt = self.stats[self.control].keyed, self.stats[name].keyed
+        diff = trt.mean - ctl.mean if min(ctl.n, trt.n) else None
+        stat, p = abstats.keyed_ztest(ctl, trt)
+        test = (
+            f"z-test, delta-method variance over {ctl.units} + {trt.units} units "
+            "(keys; a request without one is its own unit)"
+        )
+        seq = self.msprt.get(name, {})
+        seq_p = self._sequential_p(name)
         breach = self.guardrail_breach(name) if self.weights.get(name, 0) > 0 else None
         decision, why = abstats.recommend(
             guardrail_tripped=breach or self.rolled_back.get(name),
@@ -561,7 +583,7 @@ class Experiment:
             n_control=ctl.n,
             n_treatment=trt.n,
             min_outcomes=ab.min_outcomes,
-            sequential_p=seq_p,
+            sequential_p=seq_adjusted,
             diff=diff,
             alpha=ab.alpha,
             higher_is_better=ab.higher_is_better,
@@ -574,6 +596,8 @@ class Experiment:
             "statistic": None if stat != stat else stat,
             "p_value": None if p != p else p,
             "sequential_p_value": seq_p,
+            "sequential_p_adjusted": seq_adjusted,
+            "family": {"treatments": family, "correction": "holm"},
             "sequential_tau": seq.get("tau"),
             "recommendation": decision,
             "reason": why,
@@ -650,6 +674,7 @@ class Experiment:
                         "version": r.get("version"),
                         "pred": r.get("pred"),
                         "ab": r.get("ab", True),
+                        "key": r.get("key"),
                         "ts": r.get("ts"),
                     }
         fb = self.state_dir / "feedback.jsonl"

@@ -9,6 +9,14 @@ stream outcomes and the report never needs the raw rows.
   on the difference of means with a normal mixing distribution N(0, tau^2). Its running minimum
   over looks is valid however often one looks; the fixed-horizon p-value is not.
 - Sample-ratio mismatch: Pearson chi-square of assignments against the configured shares.
+
+The unit of analysis is the unit of randomisation. Keys are assigned to variants, so a key's
+requests share its variant and, usually, its behaviour: treating them as independent
+understates the variance and a test then calls differences that are not there. `KeyedOutcomes`
+keeps per-key sums and analyses the outcome mean as a ratio of per-key sums (sum Y_k / sum N_k)
+with the delta method (Deng et al., "Applying the Delta Method in Metric Analytics", 2018); a
+request without a key is a unit of its own. Every test, interval and the always-valid p-value
+use that variance.
 """
 
 from __future__ import annotations
@@ -68,6 +76,88 @@ class Moments:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Moments:
         return cls(int(d["n"]), float(d["mean"]), float(d["m2"]))
+
+
+@dataclasses.dataclass
+class KeyedOutcomes:
+    """Outcomes by unit of randomisation: per-key (sum, count), and the sums over units that
+    the delta-method variance of the mean needs, updated exactly as outcomes arrive."""
+
+    units: int = 0
+    sum_y: float = 0.0
+    sum_n: float = 0.0
+    sum_yy: float = 0.0
+    sum_nn: float = 0.0
+    sum_yn: float = 0.0
+    keys: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+    def push(self, key: str | None, y: float) -> None:
+        if key is None:
+            before_y, before_n = 0.0, 0.0
+            self.units += 1
+        else:
+            acc = self.keys.get(key)
+            if acc is None:
+                acc = self.keys[key] = [0.0, 0.0]
+                self.units += 1
+            before_y, before_n = acc
+            acc[0] += y
+            acc[1] += 1
+        after_y, after_n = before_y + y, before_n + 1
+        self.sum_y += y
+        self.sum_n += 1
+        self.sum_yy += after_y * after_y - before_y * before_y
+        self.sum_nn += after_n * after_n - before_n * before_n
+        self.sum_yn += after_y * after_n - before_y * before_n
+
+    @classmethod
+    def from_units(cls, y: np.ndarray, n: np.ndarray) -> KeyedOutcomes:
+        """From per-unit sums and counts (units with no outcome yet are ignored)."""
+        keep = n > 0
+        y, n = np.asarray(y, np.float64)[keep], np.asarray(n, np.float64)[keep]
+        return cls(int(keep.sum()), float(y.sum()), float(n.sum()), float((y * y).sum()),
+                   float((n * n).sum()), float((y * n).sum()))  # fmt: skip
+
+    @property
+    def n(self) -> int:
+        return int(self.sum_n)
+
+    @property
+    def mean(self) -> float:
+        return self.sum_y / self.sum_n if self.sum_n else float("nan")
+
+    @property
+    def var_of_mean(self) -> float:
+        """Delta-method variance of sum Y / sum N over units (nan below two units)."""
+        k = self.units
+        if k < 2:
+            return float("nan")
+        ybar, nbar = self.sum_y / k, self.sum_n / k
+        var_y = (self.sum_yy - k * ybar * ybar) / (k - 1)
+        var_n = (self.sum_nn - k * nbar * nbar) / (k - 1)
+        cov = (self.sum_yn - k * ybar * nbar) / (k - 1)
+        r = self.mean
+        return max(0.0, (var_y - 2 * r * cov + r * r * var_n) / (k * nbar * nbar))
+
+    def interval(self, alpha: float = 0.05) -> tuple[float, float]:
+        half = stats.norm.ppf(1 - alpha / 2) * math.sqrt(self.var_of_mean)
+        return (self.mean - half, self.mean + half)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> KeyedOutcomes:
+        return cls(**{**d, "keys": {k: list(v) for k, v in d.get("keys", {}).items()}})
+
+
+def keyed_ztest(a: KeyedOutcomes, b: KeyedOutcomes) -> tuple[float, float]:
+    """z and two-sided p for H0: mean_a == mean_b, delta-method variances (b - a)."""
+    var = a.var_of_mean + b.var_of_mean
+    if not (var > 0 and np.isfinite(var)):
+        return (float("nan"), float("nan"))
+    z = (b.mean - a.mean) / math.sqrt(var)
+    return (z, float(2 * stats.norm.sf(abs(z))))
 
 
 def wilson_interval(successes: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -182,6 +272,12 @@ def recommend(
         )
     if sequential_p is not None and diff is not None and sequential_p < alpha:
         if (diff > 0) == higher_is_better:
-            return "promote", f"treatment is better (always-valid p={sequential_p:.3g} < {alpha})"
-        return "roll back", f"treatment is worse (always-valid p={sequential_p:.3g} < {alpha})"
-    return "keep running", "no significant difference yet (always-valid p-value)"
+            return "promote", (
+                f"treatment is better (always-valid p={sequential_p:.3g} < {alpha}, "
+                "Holm-adjusted over the treatments, per key)"
+            )
+        return "roll back", (
+            f"treatment is worse (always-valid p={sequential_p:.3g} < {alpha}, "
+            "Holm-adjusted over the treatments, per key)"
+        )
+    return "keep running", "no significant difference yet (always-valid p-value, per key)"

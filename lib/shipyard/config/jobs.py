@@ -125,9 +125,30 @@ class GatesSection(Strict):
         "run's holdout by this margin; otherwise the comparison is only reported.",
     )
     max_slice_gap: NonNegativeFloat = Field(
-        0.15, description="No slice's primary metric may trail the overall by more than this."
+        0.15,
+        description="A slice fails when its primary metric trails the overall by more than "
+        "this with confidence (AUC or macro-F1 points; regression: a fraction of the overall "
+        "RMSE, 0.15 = 15% worse).",
     )
-    min_slice_rows: PositiveInt = Field(50, description="Slices smaller than this are not gated.")
+    slice_alpha: float = Field(
+        0.05, gt=0, lt=1, description="Error rate of the slice gate (family-wise, see below)."
+    )
+    slice_correction: Literal["holm", "bonferroni", "none"] = Field(
+        "holm", description="Multiple-testing correction over the family of slices."
+    )
+    min_slice_rows: PositiveInt = Field(
+        30,
+        description="Categorical values with fewer rows are pooled into one slice; smaller "
+        "slices are reported with their intervals but not tested.",
+    )
+    slice_bins: int = Field(
+        4, ge=0, description="Quantile bins per numeric feature (0: no numeric slices)."
+    )
+    slice_columns: list[str] | None = Field(
+        None,
+        description="Columns to slice by, features or not; default: every feature and the "
+        "fairness.sensitive columns.",
+    )
     latency_budget_ms: PositiveFloat = Field(
         5.0, description="ONNX single-row p50 latency budget, milliseconds."
     )
@@ -135,6 +156,29 @@ class GatesSection(Strict):
         1e-5,
         description="Max |ONNX - native| on the holdout (probabilities; regression relative "
         "to max(1, |prediction|)).",
+    )
+
+
+class FairnessSection(Strict):
+    sensitive: list[str] = Field(
+        default_factory=list,
+        description="Columns naming groups to compare (binary tasks). Carried through the split "
+        "for evaluation; one that is also in data.drop is never fed to the model.",
+    )
+    max_demographic_parity_difference: NonNegativeFloat | None = Field(
+        None, description="Gate: largest selection-rate difference between groups (off if unset)."
+    )
+    max_equalized_odds_difference: NonNegativeFloat | None = Field(
+        None, description="Gate: largest TPR or FPR difference between groups (off if unset)."
+    )
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="Decision threshold on P(positive) for the group rates."
+    )
+    min_group_rows: PositiveInt = Field(
+        30, description="Groups with fewer holdout rows are reported but left out of the gaps."
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="Error rate of the fairness gates (Holm over the gaps)."
     )
 
 
@@ -162,8 +206,20 @@ class TrainJobConfig(Strict):
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)
     gates: GatesSection = Field(default_factory=GatesSection)
+    fairness: FairnessSection = Field(default_factory=FairnessSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     events: EventsSection = Field(default_factory=EventsSection)
+
+    @model_validator(mode="after")
+    def _groups_need_a_binary_task(self) -> TrainJobConfig:
+        if self.fairness.sensitive and self.data.task != "binary":
+            raise ValueError(
+                f"fairness.sensitive: group rates (selection, TPR, FPR) need data.task: binary, "
+                f"not {self.data.task!r}; slice by these columns with gates.slice_columns instead"
+            )
+        if self.data.target in self.fairness.sensitive:
+            raise ValueError(f"fairness.sensitive: {self.data.target!r} is the target")
+        return self
 
 
 class SearchParam(Strict):

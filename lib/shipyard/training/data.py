@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -183,8 +183,10 @@ class Prepared:
     notes: list[str]
 
 
-def prepare(cfg: DataSection) -> Prepared:
-    """Read, validate and split the data, fit preprocessing on the training split only."""
+def prepare(cfg: DataSection, carry: Sequence[str] = ()) -> Prepared:
+    """Read, validate and split the data, fit preprocessing on the training split only.
+    `carry`: columns kept in the holdout for evaluation (groups, slices) whether or not they
+    are features."""
     src = resolve_files(cfg.path, cfg.format)
     fp = fingerprint(src, cfg.fingerprint)
     try:
@@ -197,7 +199,14 @@ def prepare(cfg: DataSection) -> Prepared:
     if arrow_schema is None or raw.count() == 0:
         raise DataValidationError(f"data.path {cfg.path!r} matched files that hold no rows")
     plan = dataspec.plan_columns(arrow_schema.base_schema, cfg)
+    unknown = [c for c in carry if c not in arrow_schema.names]
+    if unknown:
+        raise DataValidationError(
+            f"fairness.sensitive / gates.slice_columns: column(s) {unknown} are not in the data; "
+            f"columns are {list(arrow_schema.names)}"
+        )
     keep = [*plan.features, cfg.target, *([cfg.time_column] if cfg.time_column else [])]
+    keep += [c for c in carry if c not in keep]
     ds = raw.select_columns(keep)
 
     cutoff = None

@@ -1,12 +1,13 @@
-"""Holdout evaluation: overall metrics per task, calibration, slices and the promotion gates."""
+"""Holdout evaluation: overall metrics per task, calibration and the promotion gates (slices:
+`shipyard.training.slices`; groups: `shipyard.training.fairness`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sklearn import metrics as skm
 
 # Primary metric per task and whether higher is better.
@@ -62,49 +63,6 @@ def task_metrics(task: str, y: np.ndarray, out: np.ndarray) -> dict[str, float]:
     raise ValueError(f"unknown task {task!r}")
 
 
-def slice_metrics(
-    task: str,
-    frame: pd.DataFrame,
-    y: np.ndarray,
-    out: np.ndarray,
-    columns: list[str],
-    min_rows: int,
-) -> list[dict[str, Any]]:
-    """Primary metric per value of each categorical column (missing values form a slice too)."""
-    name, _ = PRIMARY[task]
-    rows = []
-    for col in columns:
-        values = frame[col].astype("string").fillna("<missing>").to_numpy(dtype=object)
-        for value in pd.unique(values):
-            m = values == value
-            n = int(m.sum())
-            metric = task_metrics(task, y[m], out[m]).get(name, math.nan) if n else math.nan
-            rows.append(
-                {
-                    "feature": col,
-                    "value": str(value),
-                    "rows": n,
-                    name: metric,
-                    "gated": n >= min_rows,
-                }
-            )
-    return rows
-
-
-def worst_slice(task: str, slices: list[dict[str, Any]], overall: float) -> dict[str, Any] | None:
-    """The gated slice furthest behind the overall primary metric, with its gap (>= 0 is worse)."""
-    name, higher = PRIMARY[task]
-    worst: dict[str, Any] | None = None
-    for s in slices:
-        v = s[name]
-        if not s["gated"] or v is None or math.isnan(v):
-            continue
-        gap = (overall - v) if higher else (v - overall)
-        if worst is None or gap > worst["gap"]:
-            worst = {**s, "gap": float(gap)}
-    return worst
-
-
 def lift(task: str, candidate: float, reference: float) -> float:
     """How much better the candidate is than the reference in the primary metric (> 0: better)."""
     _, higher = PRIMARY[task]
@@ -117,10 +75,11 @@ def check_gates(
     metrics: dict[str, float],
     baseline: dict[str, float],
     champion: dict[str, float] | None,
-    worst: dict[str, Any] | None,
     latency_p50_ms: float,
+    verdicts: Sequence[str] = (),
 ) -> list[str]:
-    """Reasons the candidate fails its gates; an empty list means it passes."""
+    """Reasons the candidate fails its gates; an empty list means it passes. `verdicts`: the
+    slice and fairness gates' own reasons (see `shipyard.training.slices`, `.fairness`)."""
     name, _ = PRIMARY[task]
     reasons = []
     base_lift = lift(task, metrics[name], baseline[name])
@@ -137,12 +96,7 @@ def check_gates(
                 f"by more than gates.champion_margin={gates.champion_margin} "
                 f"(lift {ch_lift:+.4f})"
             )
-    if worst is not None and worst["gap"] > gates.max_slice_gap:
-        reasons.append(
-            f"slice {worst['feature']}={worst['value']} ({worst['rows']} rows) has {name} "
-            f"{worst[name]:.4f}, {worst['gap']:.4f} behind overall; "
-            f"gates.max_slice_gap={gates.max_slice_gap}"
-        )
+    reasons.extend(verdicts)
     if latency_p50_ms > gates.latency_budget_ms:
         reasons.append(
             f"ONNX single-row p50 latency {latency_p50_ms:.3f} ms exceeds "

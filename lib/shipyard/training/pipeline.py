@@ -41,7 +41,8 @@ from shipyard.events import EventLog
 from shipyard.registry import CHALLENGER, CHAMPION, MODEL_DIR, Registry, shipyard_home
 from shipyard.training import data as data_mod
 from shipyard.training import evaluation as ev
-from shipyard.training import fit
+from shipyard.training import fairness, fit
+from shipyard.training import slices as sl
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,37 @@ class TrainReport:
             "metrics": e["metrics"],
             "baseline": e["baseline"],
             "onnx_latency": e["onnx"]["latency"],
+            "onnx_parity": e["onnx"]["parity"],
+            "slices": slice_summary(e["slices"]),
+            "fairness": fairness_summary(e.get("fairness")),
             "training": {
                 k: e["training"][k]
                 for k in ("rounds", "best_iteration", "resumed_from_round", "checkpoint")
             },
         }
+
+
+def slice_summary(report: dict[str, Any], shown: int = 3) -> dict[str, Any]:
+    """The slice gate in the result line: counts and the worst slices with their intervals."""
+    return {
+        "tested": report["tested"],
+        "untested": report["untested"],
+        "failed": report["failed"],
+        "worst": [sl.describe(r, report["metric"]) for r in report["slices"][:shown]],
+    }
+
+
+def fairness_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Each sensitive column's gaps with their intervals (and verdict, where gated)."""
+    if not report:
+        return None
+    return {
+        col["column"]: {
+            name: {k: gap[k] for k in ("value", "ci95", "bound", "verdict") if k in gap}
+            for name, gap in col["gaps"].items()
+        }
+        for col in report["columns"]
+    }
 
 
 @dataclasses.dataclass
@@ -151,7 +178,7 @@ def train_and_register(
     home: Path,
 ) -> TrainReport:
     t0 = time.perf_counter()
-    prep = data_mod.prepare(cfg.data)
+    prep = data_mod.prepare(cfg.data, carry=evaluation_columns(cfg))
     seconds_data = time.perf_counter() - t0
     log_data(registry, run_id, prep)
     t1 = time.perf_counter()
@@ -234,16 +261,18 @@ def evaluate_candidate(
     out = native_predict(booster, schema, holdout)
     metrics = ev.task_metrics(task, y, out)
     primary, _ = ev.PRIMARY[task]
-    cat_cols = [f.name for f in schema.features if f.kind == "categorical"]
-    slices = ev.slice_metrics(task, holdout, y, out, cat_cols, gates.min_slice_rows)
-    worst = ev.worst_slice(task, slices, metrics[primary])
+    slices = slice_report(cfg, schema, holdout, y, out)
+    fair = fairness_report(cfg, holdout, y, out)
     onnx_bytes = build_onnx(booster, schema).SerializeToString()
     predictor = OnnxPredictor(onnx_bytes, schema)
     parity_report = parity(predictor, booster, holdout, gates.parity_tolerance)  # raises if off
     latency = single_row_latency(predictor, holdout)
     champion = champion_metrics(registry, cfg.model.name, holdout, y, task)
     comparable = champion if champion and champion.get("comparable") else None
-    failures = ev.check_gates(task, gates, metrics, baseline, comparable, worst, latency["p50_ms"])
+    verdicts = [*sl.failures(slices), *(fair["failures"] if fair else [])]
+    failures = ev.check_gates(
+        task, gates, metrics, baseline, comparable, latency["p50_ms"], verdicts
+    )
     evaluation = {
         "task": task,
         "primary_metric": primary,
@@ -256,7 +285,7 @@ def evaluate_candidate(
             ev.lift(task, metrics[primary], comparable[primary]) if comparable else None
         ),
         "slices": slices,
-        "worst_slice": worst,
+        "fairness": fair,
         "onnx": {"parity": parity_report, "latency": latency},
         "training": {
             "rounds": outcome.rounds,
@@ -273,6 +302,51 @@ def evaluate_candidate(
         "notes": prep.notes,
     }
     return Candidate(booster, onnx_bytes, out, evaluation, champion)
+
+
+def evaluation_columns(cfg: TrainJobConfig) -> list[str]:
+    """Columns the evaluation needs beside the features: sensitive groups and slice columns
+    (carried through the split; those in data.drop never reach the model)."""
+    wanted = [*cfg.fairness.sensitive, *(cfg.gates.slice_columns or [])]
+    return list(dict.fromkeys(c for c in wanted if c != cfg.data.target))
+
+
+def slice_report(
+    cfg: TrainJobConfig, schema: InputSchema, holdout: pd.DataFrame, y: np.ndarray, out: np.ndarray
+) -> dict[str, Any]:
+    gates = cfg.gates
+    kinds = {f.name: f.kind for f in schema.features}
+    columns = gates.slice_columns
+    if columns is None:
+        columns = [*kinds, *(c for c in cfg.fairness.sensitive if c not in kinds)]
+    sensitive = set(cfg.fairness.sensitive)
+
+    def numeric(c: str) -> bool:
+        if c in kinds:
+            return kinds[c] == "numeric"
+        return c not in sensitive and pd.api.types.is_numeric_dtype(holdout[c])
+
+    return sl.slice_report(
+        cfg.data.task, holdout, y, out,
+        categorical=[c for c in columns if not numeric(c)],
+        numeric=[c for c in columns if numeric(c)],
+        max_gap=gates.max_slice_gap, alpha=gates.slice_alpha, correction=gates.slice_correction,
+        min_rows=gates.min_slice_rows, bins=gates.slice_bins,
+    )  # fmt: skip
+
+
+def fairness_report(
+    cfg: TrainJobConfig, holdout: pd.DataFrame, y: np.ndarray, out: np.ndarray
+) -> dict[str, Any] | None:
+    f = cfg.fairness
+    if not f.sensitive:
+        return None
+    return fairness.fairness_report(
+        holdout, y, out,
+        sensitive=f.sensitive, threshold=f.threshold, min_rows=f.min_group_rows,
+        bounds={k: getattr(f, k) for k in fairness.GAPS.values()},
+        alpha=f.alpha, correction=cfg.gates.slice_correction,
+    )  # fmt: skip
 
 
 def prediction_profile(schema: InputSchema, out: np.ndarray) -> dict[str, Any]:
@@ -348,7 +422,8 @@ def log_candidate(
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
         registry.log_artifacts(run_id, Path(tmp))
     e = candidate.evaluation
-    metrics, baseline, worst = e["metrics"], e["baseline"], e["worst_slice"]
+    metrics, baseline, slices = e["metrics"], e["baseline"], e["slices"]
+    worst = slices["slices"][0] if slices["slices"] else None
     champion = e["champion"] if e["champion"] and e["champion"].get("comparable") else {}
     latency, training = e["onnx"]["latency"], e["training"]
     registry.log(
@@ -358,6 +433,9 @@ def log_candidate(
             **{f"baseline_{k}": v for k, v in baseline.items() if k != "model"},
             **{f"champion_{k}": v for k, v in champion.items() if k in metrics},
             "worst_slice_gap": worst["gap"] if worst else None,
+            "slices_tested": slices["tested"],
+            "slices_failed": slices["failed"],
+            **fairness_metrics(e["fairness"]),
             "onnx_p50_ms": latency["p50_ms"],
             "onnx_p99_ms": latency["p99_ms"],
             "onnx_parity_max_abs_diff": e["onnx"]["parity"]["max_abs_diff"],
@@ -367,6 +445,17 @@ def log_candidate(
         },
     )
     return sums
+
+
+def fairness_metrics(report: dict[str, Any] | None) -> dict[str, float]:
+    """`fairness.<column>.<gap>` and its interval, as MLflow metrics."""
+    out: dict[str, float] = {}
+    for col in (report or {}).get("columns", []):
+        for name, gap in col["gaps"].items():
+            key = f"fairness.{col['column']}.{name}"
+            out[key] = gap["value"]
+            out[key + ".ci_low"], out[key + ".ci_high"] = gap["ci95"]
+    return out
 
 
 def register(

