@@ -55,6 +55,7 @@ def trained_tasks(
             data={"target": target, "task": task, "time_column": None},
             train={"num_workers": 1, "cpus_per_worker": 1},
             gates={"max_slice_gap": 1.0},  # the task path; slice gates are tested elsewhere
+            fairness={"sensitive": []},  # group rates are for binary tasks
         )
         jobs[task] = ["--config", str(cfg)]
     return run_jobs(cluster, job_env, jobs)

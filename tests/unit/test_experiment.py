@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,9 @@ def test_feedback_joins_now_or_when_the_request_arrives(exp: Experiment) -> None
     assert early["status"] == "pending"
     exp.ingest([{**requests_for("control", 1)[0], "id": "later"}])
     assert exp.stats["control"].outcomes.n == 1 and exp.stats["treatment"].outcomes.n == 1
+    # One unit per arm has no interval yet: null, not NaN (which JSON cannot carry).
+    report = json.loads(json.dumps(exp.report(), allow_nan=False))
+    assert report["variants"]["treatment"]["outcome_ci95"] is None
     with pytest.raises(InvalidInput, match="outcome"):
         exp.feedback("x", 0.5)
 

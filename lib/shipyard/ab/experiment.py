@@ -31,7 +31,7 @@ from shipyard.multiplicity import holm
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: outcomes also kept per key (unit of randomisation)
 LATENCY_WINDOW = 20_000
 FEEDBACK_TTL_S = 600.0
 
@@ -505,7 +505,7 @@ class Experiment:
         variants: dict[str, Any] = {}
         for name, st in self.stats.items():
             o = st.outcomes
-            interval = st.keyed.interval(ab.alpha)
+            interval = st.keyed.interval(ab.alpha)  # nan below two units: reported as null
             variants[name] = {
                 "model_version": self.versions[name],
                 "weight": self.weights.get(name, 0.0),
@@ -520,7 +520,7 @@ class Experiment:
                 "outcomes": o.n,
                 "outcome_units": st.keyed.units,
                 "outcome_mean": o.mean if o.n else None,
-                "outcome_ci95": list(interval) if o.n else None,
+                "outcome_ci95": list(interval) if all(map(math.isfinite, interval)) else None,
                 "rolled_back": self.rolled_back.get(name),
             }
             if self.shadows[name].mirrored or self.shadows[name].dropped:
