@@ -18,6 +18,7 @@ from shipyard.config.jobs import load_train_config
 from shipyard.contract import EXIT_GATES, EXIT_OK, exit_on, result_line
 from shipyard.errors import ShipyardError
 from shipyard.training.pipeline import run_training
+from shipyard.training.verdicts import verdict_lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_training(cfg)
     except ShipyardError as err:
         return exit_on(err)
+    for line in verdict_lines(report.evaluation):
+        print(line)
     print(result_line(report.summary(cfg.model.name)))
     for reason in report.gate_failures:
         print(f"gate failed: {reason}", file=sys.stderr)

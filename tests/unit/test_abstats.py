@@ -31,26 +31,13 @@ def test_two_proportion_z_test_equals_scipy_chi_square() -> None:
     assert z * z == pytest.approx(chi2) and p == pytest.approx(p_ref)
 
 
-def test_welch_equals_scipy_on_raw_data() -> None:
-    rng = np.random.default_rng(1)
-    a, b = rng.normal(10, 3, 400), rng.normal(10.5, 5, 300)
-    ma, mb = Moments(), Moments()
-    ma.add(a)
-    mb.add(b)
-    t, p = abstats.welch_test(ma, mb)
-    ref = stats.ttest_ind(b, a, equal_var=False)
-    assert t == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
-
-
-def test_intervals() -> None:
-    lo, hi = abstats.wilson_interval(30, 100)
-    ref = stats.binomtest(30, 100).proportion_ci(method="wilson")
-    assert (lo, hi) == pytest.approx((ref.low, ref.high))
-    m = Moments()
+def test_keyed_interval_is_the_normal_interval_for_single_request_units() -> None:
     data = np.arange(20.0)
-    m.add(data)
-    ref_t = stats.t.interval(0.95, 19, loc=data.mean(), scale=stats.sem(data))
-    assert abstats.t_interval(m) == pytest.approx(ref_t)
+    k = abstats.KeyedOutcomes()
+    for v in data:
+        k.push(None, float(v))
+    ref = stats.norm.interval(0.95, loc=data.mean(), scale=stats.sem(data))
+    assert k.interval() == pytest.approx(ref)
 
 
 def test_srm_equals_scipy_chisquare() -> None:

@@ -3,8 +3,8 @@
 Everything works from mergeable summaries (counts, sums, Welford moments) so that routers can
 stream outcomes and the report never needs the raw rows.
 
-- Conversion (0/1) outcomes: Wilson interval; two-proportion z-test (pooled standard error).
-- Value outcomes: t interval; Welch's t-test.
+- Tests and intervals: normal, with the delta-method variance over units (below). The
+  per-request two-proportion z-test is kept as the reference the A/A simulation compares with.
 - Always-valid p-value: mixture SPRT (Johari, Pekelis & Walsh, "Always Valid Inference", 2017)
   on the difference of means with a normal mixing distribution N(0, tau^2). Its running minimum
   over looks is valid however often one looks; the fixed-horizon p-value is not.
@@ -160,24 +160,6 @@ def keyed_ztest(a: KeyedOutcomes, b: KeyedOutcomes) -> tuple[float, float]:
     return (z, float(2 * stats.norm.sf(abs(z))))
 
 
-def wilson_interval(successes: float, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    z = stats.norm.ppf(1 - alpha / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (centre - half, centre + half)
-
-
-def t_interval(m: Moments, alpha: float = 0.05) -> tuple[float, float]:
-    if m.n < 2:
-        return (float("nan"), float("nan"))
-    half = stats.t.ppf(1 - alpha / 2, m.n - 1) * math.sqrt(m.var / m.n)
-    return (m.mean - half, m.mean + half)
-
-
 def two_proportion_ztest(s_a: float, n_a: int, s_b: float, n_b: int) -> tuple[float, float]:
     """z and two-sided p for H0: p_a == p_b, pooled standard error (equals Pearson's 2x2 chi2)."""
     if n_a == 0 or n_b == 0:
@@ -188,18 +170,6 @@ def two_proportion_ztest(s_a: float, n_a: int, s_b: float, n_b: int) -> tuple[fl
         return (0.0, 1.0)
     z = (s_b / n_b - s_a / n_a) / se
     return (z, float(2 * stats.norm.sf(abs(z))))
-
-
-def welch_test(a: Moments, b: Moments) -> tuple[float, float]:
-    """t and two-sided p of Welch's unequal-variance t-test (b - a)."""
-    if a.n < 2 or b.n < 2:
-        return (float("nan"), float("nan"))
-    t, p = stats.ttest_ind_from_stats(
-        b.mean, math.sqrt(b.var), b.n, a.mean, math.sqrt(a.var), a.n, equal_var=False
-    )
-    if not np.isfinite(p):  # both arms constant
-        return (0.0, 1.0) if b.mean == a.mean else (float("inf"), 0.0)
-    return (float(t), float(p))
 
 
 def diff_variance(a: Moments, b: Moments, conversion: bool) -> float:

@@ -116,8 +116,8 @@ class Guardrails(Strict):
 class ABSection(Strict):
     metric: Literal["conversion", "value"] = Field(
         "conversion",
-        description="Outcome kind from /feedback: conversion (0/1; two-proportion z-test) or "
-        "value (any number; Welch's t-test).",
+        description="Outcome kind from /feedback: conversion (0/1) or value (any number); both "
+        "are analysed per key with the delta method.",
     )
     alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of the A/B tests.")
     min_outcomes: PositiveInt = Field(

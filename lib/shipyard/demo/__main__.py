@@ -27,7 +27,7 @@ from shipyard.contract import HOME_ENV
 from shipyard.demo import datagen
 from shipyard.events import EventLog
 from shipyard.registry import Registry, resolve_tracking_uri
-from shipyard.training.slices import describe
+from shipyard.training.verdicts import verdict_lines
 
 CONFIG = "jobs/configs/demo.yaml"
 SERVE_CONFIG = "serving/config.yaml"
@@ -56,18 +56,7 @@ def summarize(registry: Registry, name: str, version: int) -> str:
             f"  champion v{ev['champion']['version']} on the same holdout: "
             f"{ev['champion'][p]:.4f} (lift {ev['lift_over_champion']:+.4f})"
         )
-    sl = ev["slices"]
-    lines.append(
-        f"  slices: {sl['tested']} tested ({sl['correction']}, alpha {sl['alpha']}, gap bound "
-        f"{sl['max_gap']} {sl['gap_is']}), {sl['failed']} failed, {sl['untested']} too small; worst:"
-    )
-    lines += [f"    {describe(r, p)}" for r in sl["slices"][:3]]
-    for col in (ev.get("fairness") or {}).get("columns", []):
-        gaps = "  ".join(
-            f"{n.replace('_difference', '')} {g['value']:.3f} [{g['ci95'][0]:.3f}, {g['ci95'][1]:.3f}]"
-            for n, g in col["gaps"].items()
-        )
-        lines.append(f"  fairness on {col['column']} ({len(col['groups'])} groups): {gaps}")
+    lines += [f"  {line}" for line in verdict_lines(ev)]
     lines += [
         f"  ONNX single-row p50 {lat['p50_ms'] * 1000:.0f} µs, p99 {lat['p99_ms'] * 1000:.0f} µs"
         f" (budget {ev['gates']['latency_budget_ms']} ms); parity max |Δ| {par['max_abs_diff']:.2g}",
