@@ -62,7 +62,16 @@ class Registry:
             # Local stores keep artifacts beside the DB, not in the job's (temporary) cwd.
             db = Path(self.tracking_uri.removeprefix("sqlite:///"))
             location = (db.parent / "mlartifacts" / name.replace("/", "_")).as_uri()
-        return str(self.client.create_experiment(name, artifact_location=location))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except MlflowException:
+            # Two jobs that start together both find no experiment; one creates it.
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
 
     def start_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
