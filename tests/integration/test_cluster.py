@@ -26,7 +26,7 @@ from shipyard.events import EventLog
 from tests.conftest import Job, job_result, write_config
 
 IDLE_S = 20
-ROUNDS, CKPT_EVERY = 6000, 500  # per tuning trial: long enough to lose its node in the middle
+ROUNDS, CKPT_EVERY = 4000, 400  # per tuning trial: long enough to lose its node in the middle
 TRIALS = 4  # two waves of two: trials are still to run when the driver is killed
 
 
