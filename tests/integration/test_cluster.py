@@ -145,12 +145,11 @@ def running_trial(study: Path, rounds: int, since: float = 0.0) -> tuple[str, st
 
     The checkpoint is the signal because the trial writes it to storage itself: the rows in
     result.json pass through the driver, which on a busy machine writes them late, so "has done
-    at most N rounds" read from them can miss a whole trial. Its checkpoints are numbered,
-    so the first half of the trial is known without the rows."""
+    at most N rounds" read from them can miss a whole trial. Its checkpoints are numbered
+    from the trial's start, so "at most half its rounds done" is known without the rows."""
     for name, r in trial_rows(study).items():
         fresh = [x for x in r if x["timestamp"] >= since]
         ckpts = [c for c in (study / name).glob("checkpoint_*") if c.stat().st_mtime >= since]
-        # Checkpoints are numbered from the trial's start: at most half its rounds are done.
         early = ckpts and max(int(c.name.split("_")[1]) for c in ckpts) < rounds // CKPT_EVERY // 2
         if fresh and early and fresh[-1]["rounds"] < rounds:
             return name, str(fresh[-1]["node_id"])
