@@ -155,9 +155,9 @@ class DriftActor:
         """`retrain`: the retraining coordinator (a handle; on_drift: retrain), told of drifts."""
         cfg = app.config
         model, version, section = app.model, app.versions[variant], cfg.drift
-        bundle = (loader or registry_loader)(model, version, app.tracking_uri)
-        profile = json.loads((bundle / "reference_profile.json").read_text())
-        evaluation = json.loads((bundle / "evaluation.json").read_text())
+        with (loader or registry_loader)(model, version, app.tracking_uri) as bundle:
+            profile = json.loads((bundle / "reference_profile.json").read_text())
+            evaluation = json.loads((bundle / "evaluation.json").read_text())
         self.model, self.version, self.variant = model, int(version), variant
         self.monitor = DriftMonitor(Reference.from_profile(profile), section.settings())
         perf = cfg.performance

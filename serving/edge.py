@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shipyard.errors import (
@@ -30,6 +33,7 @@ from shipyard.errors import (
     InvalidInput,
     NotFound,
     PayloadTooLarge,
+    ShipyardError,
     Unauthorized,
     Unavailable,
     UpstreamTimeout,
@@ -69,6 +73,12 @@ def error_body(message: str, **context: Any) -> dict[str, Any]:
 # --- request and response models (they are also the OpenAPI document) --------------------------
 Scalar = str | float | int | bool | None
 Record = dict[str, Scalar]
+# A randomisation key: a user id, order id... Bounded, since every key is hashed and counted.
+Key = (
+    Annotated[str, Field(min_length=1, max_length=256)]
+    | Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+)
+REQUEST_ID = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class Body(BaseModel):
@@ -82,7 +92,7 @@ class PredictRequest(Body):
         None, description="Raw records: feature name -> value (string, number, bool or null)."
     )
     instance: Record | None = Field(None, description="One raw record (instead of instances).")
-    key: str | int | None = Field(
+    key: Key | None = Field(
         None,
         description="Randomisation unit (e.g. a user id): the same key always gets the same "
         "variant. Also accepted as the X-Shipyard-Key header.",
@@ -96,8 +106,6 @@ class PredictRequest(Body):
             raise ValueError("give 'instances' or 'instance', not both")
         if isinstance(self.instances, list) and not self.instances:
             raise ValueError("instances must be a non-empty list of records")
-        if isinstance(self.key, str) and not self.key:
-            raise ValueError("key must be a non-empty string")
         return self
 
     def records(self) -> list[Record]:
@@ -125,15 +133,19 @@ class ExplainResponse(BaseModel):
     model_version: str
 
 
-# Strict: "yes" or "1" are not outcomes; true/false count as 1/0.
+# Strict: "yes" or "1" are not outcomes; true/false count as 1/0; a number must be a finite
+# float64 (an integer too large for one is refused, not overflowed).
 Outcome = Annotated[
-    StrictBool | StrictInt | Annotated[float, Field(strict=True, allow_inf_nan=False)],
-    Field(description="The outcome: a number, or true/false."),
+    StrictBool | Annotated[float, Field(strict=True, allow_inf_nan=False)],
+    Field(description="The outcome: a finite number, or true/false."),
 ]
 
 
 class FeedbackRequest(Body):
-    request_id: str = Field(min_length=1, description="The request_id a /predict returned.")
+    request_id: str = Field(
+        pattern=REQUEST_ID,
+        description="The request_id a /predict returned (1-64 letters, digits, '-' or '_').",
+    )
     outcome: Outcome
 
 
@@ -147,8 +159,10 @@ class FeedbackResponse(BaseModel):
 
 
 class Decision(Body):
-    by: str = Field("admin", min_length=1, description="Who decides (kept in the request).")
-    reason: str = Field("", description="Why (required to reject).")
+    by: str = Field(
+        "admin", min_length=1, max_length=200, description="Who decides (kept in the request)."
+    )
+    reason: str = Field("", max_length=2000, description="Why (required to reject).")
 
 
 class TrafficState(BaseModel):
@@ -169,6 +183,7 @@ ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     **{status: {"model": ErrorResponse} for status in (401, 403)},
 }
+DATA_ERRORS = ADMIN_ERRORS  # data routes need an API key once keys are set
 
 
 # --- validation messages -----------------------------------------------------------------------
@@ -197,7 +212,6 @@ def describe(errors: list[Any], accepted: list[str] | None = None) -> str:
 def install_error_handlers(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
     """The one place where errors become HTTP answers. `bodies`: route path -> request model,
     so that a validation error can say which fields the route accepts."""
-    from shipyard.errors import ShipyardError
 
     async def on_shipyard(request: Request, err: Exception) -> JSONResponse:
         cause = getattr(err, "cause", err)  # a RayTaskError carries the original as `cause`
@@ -217,8 +231,73 @@ def install_error_handlers(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> 
         status = 400 if errors and errors[0].get("type") == "json_invalid" else 422
         return JSONResponse(error_body(describe(errors, accepted)), status_code=status)
 
+    async def on_http(request: Request, err: Exception) -> JSONResponse:
+        """FastAPI's own answers (no such route, wrong method) in the same shape."""
+        assert isinstance(err, HTTPException)
+        message = f"{request.method} {request.url.path}: {err.detail}"
+        return JSONResponse(error_body(message), err.status_code, headers=err.headers)
+
+    async def on_unexpected(request: Request, err: Exception) -> JSONResponse:
+        """A bug: still a JSON answer, and logged with its traceback."""
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=err)
+        return JSONResponse(error_body("internal error; it has been logged"), 500)
+
     app.add_exception_handler(ShipyardError, on_shipyard)
     app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+# --- what a JSON body may hold ---------------------------------------------------------------
+MAX_DEPTH = 16  # containers inside containers; the deepest body any route takes has 3
+MAX_INT_DIGITS = 4300  # Python's own limit on reading an integer literal
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _BigInt:
+    """An integer literal too long to read; reported with its place in the body."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _int(literal: str) -> int | _BigInt:
+    digits = len(literal.lstrip("-"))
+    return int(literal) if digits <= MAX_INT_DIGITS else _BigInt(digits)
+
+
+def check_json(body: bytes) -> None:
+    """Refuse what a JSON body must not hold, naming where it is: malformed JSON or UTF-8 (400),
+    nesting deeper than MAX_DEPTH (400), and values no route can take (422): NaN and Infinity
+    (not JSON, though Python reads them), numbers beyond float64, integer literals over
+    MAX_INT_DIGITS digits, and strings with lone surrogates (not Unicode text)."""
+    try:
+        doc = json.loads(body, parse_int=_int, parse_constant=float)
+    except RecursionError:
+        raise InvalidInput(f"request body: nesting deeper than {MAX_DEPTH} levels") from None
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidInput(f"request body is not valid JSON: {str(err)[:200]}") from None
+    stack: list[tuple[Any, str, int]] = [(doc, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                raise InvalidInput(f"request body: nesting deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                if isinstance(k, str) and _SURROGATE.search(k):
+                    raise InvalidField(f"{where or 'body'}: a key is not valid Unicode text "
+                                       "(a lone surrogate escape such as \\ud800)")  # fmt: skip
+                stack.append((v, f"{where}.{k}" if where else str(k), depth + 1))
+        elif isinstance(value, _BigInt):
+            raise InvalidField(f"{where}: an integer of {value.digits} digits; numbers must be "
+                               "finite float64 values (|x| <= 1.8e308)")  # fmt: skip
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise InvalidField(f"{where}: {value} is not a finite number; JSON numbers must be "
+                               "finite (send null for a missing value)")  # fmt: skip
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            raise InvalidField(f"{where}: not valid Unicode text (a lone surrogate escape such "
+                               "as \\ud800)")  # fmt: skip
 
 
 # --- body limit and content type --------------------------------------------------------------
@@ -232,7 +311,9 @@ class BodyGuard:
       declares a Content-Length or comes chunked (bytes are counted as they arrive and reading
       stops at the limit);
     - bodies are JSON: a body sent without a Content-Type is read as JSON, and any other type
-      (a form, text/plain: what a browser page on another site can send) is refused with 415.
+      (a form, text/plain: what a browser page on another site can send) is refused with 415;
+    - a body is read once here to refuse what no route can take (`check_json`), so the routes'
+      own parsing never meets a value that would fail it.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -272,6 +353,12 @@ class BodyGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if body.strip():
+            try:
+                check_json(body)
+            except ShipyardError as err:
+                await self._refuse(send, status_of(err), err.message)
+                return
         sent = False
 
         async def replay() -> Message:

@@ -2,7 +2,10 @@
 
 `VariantModel` is a plain class (testable without Serve); `serving.app` wraps it in a deployment.
 The bundle is loaded through an injected loader; the default downloads the version from the
-registry and verifies every checksum, so a corrupt or missing version never serves.
+registry and verifies every checksum, so a corrupt or missing version never serves. A replica
+that cannot load stays up and says why (`info`, and `NotLoaded` at once on every call) instead
+of crash-looping: the router takes the variant out of routing, and the replica tries again every
+`RELOAD_INTERVAL_S`. Nothing of a download outlives the load (everything is read into memory).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from serving.drift import DriftFeeder
 from serving.settings import AppSettings
 from shipyard.bundle.graph import OnnxPredictor
 from shipyard.bundle.schema import InputSchema
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, NotLoaded
 from shipyard.registry import Loader, registry_loader
 
 logger = logging.getLogger(__name__)
+
+RELOAD_INTERVAL_S = 30.0
 
 
 class InjectedFault(RuntimeError):
@@ -43,19 +48,21 @@ class VariantModel:
     ) -> None:
         """`drift`: the variant's drift actor (a handle), fed off the request path."""
         v = app.variant(variant)
-        model, version = app.model, app.versions[variant]
-        bundle = (loader or registry_loader)(model, version, app.tracking_uri)
-        self.model, self.version, self.variant = model, int(version), variant
-        self.schema = InputSchema.from_dict(json.loads((bundle / "input_schema.json").read_text()))
-        self.predictor = OnnxPredictor(
-            (bundle / "model.onnx").read_bytes(), self.schema, threads=v.onnx_threads
-        )
-        self._booster_path = bundle / "booster.ubj"
+        self.model, self.version, self.variant = app.model, int(app.versions[variant]), variant
+        self._load_args = (loader or registry_loader, app.tracking_uri, v.onnx_threads)
+        self.schema: InputSchema | None = None
+        self.predictor: OnnxPredictor | None = None
+        self._booster_raw = b""
         self._booster: Any = None
+        self.load_error: str | None = None
+        self._load_tried = 0.0
         self.max_batch_size = v.max_batch_size
-        batcher: Any = self._run_batched
-        batcher.set_max_batch_size(v.max_batch_size)
-        batcher.set_batch_wait_timeout_s(v.batch_wait_ms / 1000)
+        # A queue per instance (decorating the method would share one across instances).
+        self._run_batched = serve.batch(
+            max_batch_size=v.max_batch_size,
+            batch_wait_timeout_s=v.batch_wait_ms / 1000,
+            batch_size_fn=_rows,
+        )(self._run_batch)
         self.faults = v.faults
         self.feeder: DriftFeeder | None = None
         if drift is not None:
@@ -66,16 +73,49 @@ class VariantModel:
                 flush_interval_s=c.flush_interval_s,
                 max_buffer_rows=c.max_buffer_rows,
             )
-        self.loaded_at = time.time()
-        logger.info("variant %s loaded %s v%d from %s", variant, model, version, bundle)
+        self.loaded_at: float | None = None
+        self._load()
+
+    def _load(self) -> None:
+        load, tracking_uri, threads = self._load_args
+        self._load_tried = time.monotonic()
+        try:
+            with load(self.model, self.version, tracking_uri) as bundle:
+                schema = InputSchema.from_dict(
+                    json.loads((bundle / "input_schema.json").read_text())
+                )
+                predictor = OnnxPredictor(
+                    (bundle / "model.onnx").read_bytes(), schema, threads=threads
+                )
+                booster_raw = (bundle / "booster.ubj").read_bytes()
+        except Exception as err:
+            self.load_error = f"{type(err).__name__}: {err}"[:500]
+            logger.error("variant %s cannot load %s v%d: %s", self.variant, self.model,
+                         self.version, self.load_error)  # fmt: skip
+            return
+        self.schema, self.predictor, self._booster_raw = schema, predictor, booster_raw
+        self.load_error, self.loaded_at = None, time.time()
+        logger.info("variant %s loaded %s v%d", self.variant, self.model, self.version)
+
+    def _ready(self) -> tuple[InputSchema, OnnxPredictor]:
+        if self.schema is None or self.predictor is None:
+            raise NotLoaded(f"variant {self.variant!r} has not loaded {self.model} "
+                            f"v{self.version}: {self.load_error}")  # fmt: skip
+        return self.schema, self.predictor
 
     def info(self) -> dict[str, Any]:
+        """What the router polls: loaded or not (and why), plus what was loaded. A replica that
+        failed to load tries again here, at most every RELOAD_INTERVAL_S."""
+        if self.schema is None and time.monotonic() - self._load_tried >= RELOAD_INTERVAL_S:
+            self._load()
         return {
             "variant": self.variant,
             "model": self.model,
             "model_version": self.version,
-            "task": self.schema.task,
-            "features": self.schema.names,
+            "loaded": self.schema is not None,
+            "error": self.load_error,
+            "task": self.schema.task if self.schema else None,
+            "features": self.schema.names if self.schema else None,
             "loaded_at": self.loaded_at,
         }
 
@@ -87,15 +127,16 @@ class VariantModel:
 
     async def predict(self, instances: list[Any]) -> dict[str, Any]:
         """Records -> predictions; a record that does not fit the schema raises InvalidRecord."""
+        schema, predictor = self._ready()
         try:
-            feed = self.schema.validate_records(instances)
+            feed = schema.validate_records(instances)
         except InvalidInput as err:
             if self.feeder is not None and err.field:
                 self.feeder.add_type_error(err.field)
             raise
         await self._inject()
         if len(instances) > self.max_batch_size:
-            out = self.predictor.run(feed)  # already a batch: no point queueing it
+            out = predictor.run(feed)  # already a batch: no point queueing it
         else:
             out = await self._run_batched(feed)
         if self.feeder is not None:
@@ -111,19 +152,21 @@ class VariantModel:
             await self.feeder.flush()
         return self.drift_stats()
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.001, batch_size_fn=_rows)
-    async def _run_batched(self, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    async def _run_batch(self, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Several requests' feeds in one ONNX run (`serve.batch` gathers them)."""
+        _, predictor = self._ready()
         if len(feeds) == 1:
-            return [self.predictor.run(feeds[0])]
+            return [predictor.run(feeds[0])]
         merged = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
-        out = self.predictor.run(merged)
+        out = predictor.run(merged)
         sizes = np.cumsum([len(next(iter(f.values()))) for f in feeds])[:-1]
         return list(np.split(out, sizes))
 
     def format(self, out: np.ndarray) -> dict[str, Any]:
         """Model output -> response fields, plus `score` (one number per record, for statistics)."""
-        task = self.schema.task
-        classes = list(self.schema.classes)
+        schema, _ = self._ready()
+        task = schema.task
+        classes = list(schema.classes)
         if task == "regression":
             preds = out.astype(float).tolist()
             return {"predictions": preds, "score": preds}
@@ -142,18 +185,19 @@ class VariantModel:
         """Per-feature contributions (XGBoost SHAP values on the native booster) and base value."""
         import xgboost as xgb
 
-        feed = self.schema.validate_records([instance])  # InvalidRecord
+        schema, _ = self._ready()
+        feed = schema.validate_records([instance])  # InvalidRecord
         if self._booster is None:
             self._booster = xgb.Booster()
-            self._booster.load_model(str(self._booster_path))
-        x = self.schema.encode_feed(feed)
-        dm = xgb.DMatrix(x, missing=np.nan, feature_names=self.schema.names)
+            self._booster.load_model(bytearray(self._booster_raw))
+        x = schema.encode_feed(feed)
+        dm = xgb.DMatrix(x, missing=np.nan, feature_names=schema.names)
         contribs = np.asarray(self._booster.predict(dm, pred_contribs=True))[0]
         margin = np.asarray(self._booster.predict(dm, output_margin=True))[0]
-        names = self.schema.names
+        names = schema.names
         out: dict[str, Any] = {
             "margin": np.asarray(margin).astype(float).tolist(),
-            "output": "log-odds" if self.schema.task != "regression" else "prediction",
+            "output": "log-odds" if schema.task != "regression" else "prediction",
         }
         if contribs.ndim == 1:  # binary / regression: [features + bias]
             out["base_value"] = float(contribs[-1])
@@ -162,10 +206,10 @@ class VariantModel:
             )
         else:  # multiclass: [classes, features + bias]
             out["base_value"] = {
-                str(c): float(contribs[k, -1]) for k, c in enumerate(self.schema.classes)
+                str(c): float(contribs[k, -1]) for k, c in enumerate(schema.classes)
             }
             out["contributions"] = {
                 str(c): dict(zip(names, contribs[k, :-1].astype(float).tolist(), strict=True))
-                for k, c in enumerate(self.schema.classes)
+                for k, c in enumerate(schema.classes)
             }
         return out

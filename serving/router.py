@@ -21,12 +21,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header
 from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 
 from serving.edge import (
     ADMIN_ERRORS,
-    ERRORS,
+    DATA_ERRORS,
     BodyGuard,
     Decision,
     ExplainResponse,
@@ -48,6 +48,7 @@ from shipyard.errors import (
     InvalidField,
     InvalidInput,
     NotFound,
+    NotLoaded,
     PayloadTooLarge,
     ShipyardError,
     Unauthorized,
@@ -58,8 +59,15 @@ from shipyard.errors import (
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
+HEALTH_INTERVAL_S = 5.0  # how often the router asks each variant whether it has loaded
 bearer = HTTPBearer(auto_error=False, description="The admin token (admin_token_env).")
-KeyHeader = Annotated[str | None, Header(description="The randomisation key, as a header.")]
+api_key = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="An API key (api_keys_env), when set."
+)
+KeyHeader = Annotated[
+    str | None,
+    Header(min_length=1, max_length=256, description="The randomisation key, as a header."),
+]
 VariantHeader = Annotated[
     str | None, Header(description="Pin a variant (left out of the A/B statistics).")
 ]
@@ -86,6 +94,13 @@ def _replica_counts() -> dict[str, int]:
     except Exception as err:  # informational only
         logger.info("replica counts unavailable: %s", err)
         return {}
+
+
+def _health_error(info: Any) -> str | None:
+    if isinstance(info, BaseException):
+        return "no answer from the variant (restarting?)"
+    error = info.get("error")
+    return None if error is None else str(error)
 
 
 class _NoMetric:
@@ -121,6 +136,9 @@ class Router:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._token = os.environ.get(self.cfg.admin_token_env) or None
+        keys = os.environ.get(self.cfg.api_keys_env, "")
+        self._api_keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
+        self.down: dict[str, str] = {}  # variant -> why it cannot serve (its bundle did not load)
         self._init_metrics()
         self.records = RecordBuffer(lambda rows: self._store("ingest", rows), self._refresh)
         self.shadows = ShadowMirror(
@@ -185,13 +203,15 @@ class Router:
         )  # fmt: skip
         api.add_middleware(BodyGuard, max_bytes=self.cfg.limits.max_body_bytes)
         admin = [Depends(self.require_admin)]
+        data = [Depends(self.require_api_key)]
         add = api.add_api_route
         add(
             "/predict",
             self.predict,
             methods=["POST"],
             response_model=PredictResponse,
-            responses=ERRORS,
+            responses=DATA_ERRORS,
+            dependencies=data,
             summary="Predict with the variant the key is routed to",
         )
         add(
@@ -199,7 +219,8 @@ class Router:
             self.explain,
             methods=["POST"],
             response_model=ExplainResponse,
-            responses=ERRORS,
+            responses=DATA_ERRORS,
+            dependencies=data,
             summary="Per-feature contributions for one record",
         )
         add(
@@ -207,11 +228,18 @@ class Router:
             self.feedback,
             methods=["POST"],
             response_model=FeedbackResponse,
-            responses=ERRORS,
+            responses=DATA_ERRORS,
+            dependencies=data,
             summary="The outcome of an earlier prediction (A/B statistics)",
         )
-        add("/ab", self.ab, methods=["GET"], summary="The A/B report")
-        add("/variants", self.variants, methods=["GET"], summary="Live variants and weights")
+        add("/ab", self.ab, methods=["GET"], dependencies=data, summary="The A/B report")
+        add(
+            "/variants",
+            self.variants,
+            methods=["GET"],
+            dependencies=data,
+            summary="Live variants and weights",
+        )
         add(
             "/variants",
             self.put_variants,
@@ -239,16 +267,29 @@ class Router:
             dependencies=admin,
             summary="Take a variant's live traffic away (admin)",
         )
-        add("/drift", self.drift, methods=["GET"], summary="Drift verdicts per variant")
+        add(
+            "/drift",
+            self.drift,
+            methods=["GET"],
+            dependencies=data,
+            summary="Drift verdicts per variant",
+        )
         add(
             "/drift/{variant}/report",
             self.drift_report,
             methods=["GET"],
             response_class=HTMLResponse,
-            responses=ERRORS,
+            responses=DATA_ERRORS,
+            dependencies=data,
             summary="Drift histograms (HTML)",
         )
-        add("/retrain", self.retrain_requests, methods=["GET"], summary="Retraining requests")
+        add(
+            "/retrain",
+            self.retrain_requests,
+            methods=["GET"],
+            dependencies=data,
+            summary="Retraining requests",
+        )
         add(
             "/retrain/{request_id}/{action}",
             self.retrain_decide,
@@ -273,6 +314,16 @@ class Router:
         if not hmac.compare_digest(creds.credentials.encode(), self._token.encode()):
             raise Forbidden("admin route: wrong token")
 
+    async def require_api_key(self, key: Annotated[str | None, Depends(api_key)]) -> None:
+        """Data routes: open unless API keys are set; then X-API-Key must be one of them."""
+        if not self._api_keys:
+            return
+        if not key:
+            raise Unauthorized(f"send an API key as the X-API-Key header ({self.cfg.api_keys_env})")
+        given = key.encode()
+        if not any([hmac.compare_digest(given, k) for k in self._api_keys]):  # no early exit
+            raise Forbidden("X-API-Key: not a valid API key")
+
     # --- configuration --------------------------------------------------------------------------
     async def reconfigure(self, traffic: dict[str, Any]) -> None:
         """user_config from `serve deploy`: applied by the store only if it changed since."""
@@ -286,6 +337,7 @@ class Router:
             self._tasks = [
                 loop.create_task(self.records.run()),
                 loop.create_task(self._poll_loop()),
+                loop.create_task(self._health_loop()),
             ]
 
     def _apply(self, snapshot: dict[str, Any]) -> None:
@@ -308,6 +360,31 @@ class Router:
                     await self._refresh()
             except Exception as err:  # the store restarts by itself; keep routing meanwhile
                 logger.warning("experiment store unreachable: %s", err)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self.check_health()
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+
+    async def check_health(self) -> None:
+        """Ask every variant whether it has loaded its bundle: one that says no is taken out of
+        routing (with its reason) until it says yes. One that does not answer in time keeps its
+        place: Serve restarts dead replicas, and a busy one is not a broken one."""
+        names = list(self.versions)
+        answers = await asyncio.gather(
+            *[asyncio.wait_for(_awaitable(self.models[n].info.remote()), self.cfg.limits.timeout_s)
+              for n in names],
+            return_exceptions=True,
+        )  # fmt: skip
+        for name, info in zip(names, answers, strict=True):
+            if isinstance(info, BaseException):
+                continue
+            if info.get("loaded", True):
+                if self.down.pop(name, None) is not None:
+                    logger.warning("variant %s loaded: back in routing", name)
+            elif name not in self.down:
+                self.down[name] = f"variant {name!r} has not loaded: {info.get('error')}"
+                logger.warning("%s: out of routing", self.down[name])
 
     # --- helpers --------------------------------------------------------------------------------
     def _route(self, key: str | None, explicit: str | None) -> tuple[str, bool]:
@@ -368,38 +445,79 @@ class Router:
         x_shipyard_key: KeyHeader = None,
         x_shipyard_variant: VariantHeader = None,
     ) -> JSONResponse:
+        """Answer with the variant the key is routed to. What a failure counts against is
+        decided here, and only a variant's own failure counts against it:
+
+        - a record the variant refuses (4xx) is the client's mistake: counted as rejected;
+        - a treatment that fails (5xx) is asked nothing more; control answers the same records.
+          If control answers, the failure was the treatment's (counted; the client gets
+          control's answer). If control fails too, the records fail every model: counted as an
+          input failure, against no variant, and the client gets control's error;
+        - a variant that has not loaded its bundle is out of routing: control answers its keys
+          and they are counted as rerouted.
+        """
         t0 = time.perf_counter()
         instances = self._instances(body)
         key = str(body.key) if body.key is not None else x_shipyard_key
         variant, ab = self._route(key, x_shipyard_variant)
         rid = uuid.uuid4().hex
-        version = self.versions[variant]
-        key_hash = _key_hash(key) if key is not None else None
-        tags = {"model": self.cfg.model, "variant": variant}
+        control = self.snapshot.get("control")
+        record: dict[str, Any] = {"id": rid, "variant": variant, "version": self.versions[variant],
+                                  "ab": ab, "key": _key_hash(key) if key is not None else None,
+                                  "n": len(instances)}  # fmt: skip
+        served = variant
+        fallback = ab and variant != control and control in self.models
         try:
+            if fallback and variant in self.down:
+                raise NotLoaded(self.down[variant])
             out = await self._call(variant, "predict", instances)
+        except (Unavailable, NotLoaded) as err:
+            if not fallback:
+                self._count(record, status_of(err), t0)
+                raise self._tag(err, variant, rid) from None
+            if isinstance(err, NotLoaded):
+                self.down[variant] = err.message
+                record["rerouted"] = True
+            served = str(control)
+            try:
+                out = await self._call(served, "predict", instances)
+            except ShipyardError as again:
+                record["blame"] = "input"  # control failed on the same records
+                self._count(record, status_of(again), t0)
+                raise self._tag(again, served, rid) from None
+            if not record.get("rerouted"):
+                self._count(record, status_of(err), t0)  # the treatment's own failure
         except ShipyardError as err:
-            status = status_of(err)
-            latency_ms = (time.perf_counter() - t0) * 1e3
-            self.records.add(id=rid, variant=variant, version=version, ab=ab, status=status,
-                             latency_ms=latency_ms, key=key_hash)  # fmt: skip
-            self.m_requests.inc(tags={**tags, "status": str(status)})
-            err.context = {"variant": variant, "request_id": rid}  # type: ignore[attr-defined]
-            raise
-        latency_ms = (time.perf_counter() - t0) * 1e3
+            self._count(record, status_of(err), t0)
+            raise self._tag(err, variant, rid) from None
         score = out.pop("score")
-        self.records.add(id=rid, variant=variant, version=version, ab=ab, status=200,
-                         latency_ms=latency_ms, pred=sum(score) / len(score), key=key_hash)  # fmt: skip
-        self.m_requests.inc(tags={**tags, "status": "200"})
-        self.m_latency.observe(latency_ms, tags=tags)
+        if served == variant:
+            self._count(record, 200, t0, pred=sum(score) / len(score))
+        elif record.get("rerouted"):
+            self._count(record, 200, t0)
         if ab:
             for name, share in self.snapshot["shadow"].items():
                 if shadow_hit(key, name, share, self.snapshot["salt"]):
                     self.shadows.mirror(name, instances, out)
-        return JSONResponse(
-            {**out, "variant": variant, "model_version": str(version), "request_id": rid},
-            headers={"X-Request-Id": rid},
-        )
+        answer = {**out, "variant": served, "model_version": str(self.versions[served]),
+                  "request_id": rid}  # fmt: skip
+        if served != variant:
+            answer["routed_to"] = variant
+        return JSONResponse(answer, headers={"X-Request-Id": rid})
+
+    def _count(self, record: dict[str, Any], status: int, t0: float, **fields: Any) -> None:
+        """One request's record for the A/B statistics, and its metrics."""
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        self.records.add(**record, status=status, latency_ms=latency_ms, **fields)
+        tags = {"model": self.cfg.model, "variant": record["variant"]}
+        self.m_requests.inc(tags={**tags, "status": str(status)})
+        if status == 200:
+            self.m_latency.observe(latency_ms, tags=tags)
+
+    @staticmethod
+    def _tag(err: ShipyardError, variant: str, rid: str) -> ShipyardError:
+        err.context = {"variant": variant, "request_id": rid}  # type: ignore[attr-defined]
+        return err
 
     async def explain(
         self,
@@ -411,7 +529,9 @@ class Router:
         if len(instances) != 1:
             raise InvalidField(f"instances: explain takes one record, got {len(instances)}")
         key = str(body.key) if body.key is not None else x_shipyard_key
-        variant, _ = self._route(key, x_shipyard_variant)
+        variant, ab = self._route(key, x_shipyard_variant)
+        if ab and variant in self.down and self.snapshot.get("control") in self.models:
+            variant = str(self.snapshot["control"])  # out of routing: control explains its keys
         out = await self._call(variant, "explain", instances[0])
         return JSONResponse(
             {**out, "variant": variant, "model_version": str(self.versions[variant])}
@@ -457,7 +577,9 @@ class Router:
                 "control": name == snap["control"],
                 "replicas": replicas.get(f"variant-{name}"),
                 "loaded_at": None if isinstance(info, BaseException) else info["loaded_at"],
-                "healthy": not isinstance(info, BaseException),
+                "healthy": not isinstance(info, BaseException) and info.get("loaded", True),
+                "error": _health_error(info),
+                "routed": name not in self.down,
             }
             for name, info in zip(self.versions, infos, strict=True)
         ]

@@ -78,6 +78,11 @@ class Unavailable(ShipyardError):
     retrying shortly may succeed."""
 
 
+class NotLoaded(Unavailable):
+    """A variant could not load its version (corrupt or missing bundle, registry down); the
+    message says why. The router takes the variant out of routing until it loads."""
+
+
 class UpstreamTimeout(ShipyardError):
     """A variant did not answer within `limits.timeout_s`."""
 

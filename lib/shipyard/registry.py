@@ -7,11 +7,14 @@ Aliases `champion` and `challenger` say which versions are live.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -162,22 +165,33 @@ class Registry:
         return self.get_version(name, CHAMPION) if CHAMPION in self.aliases(name) else None
 
     def download(self, name: str, ref: str | int, dst: Path | None = None) -> Path:
-        """Download a version's bundle and verify every checksum before returning its path."""
+        """Download a version's bundle and verify every checksum before returning its path.
+        Without `dst` it goes to a new temporary directory, removed again if the download or a
+        checksum fails."""
         import mlflow.artifacts
 
         mv = self.get_version(name, ref)
         target = dst or Path(tempfile.mkdtemp(prefix=f"shipyard-{name}-v{mv.version}-"))
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=mv.source, dst_path=str(target), tracking_uri=self.tracking_uri
-        )
-        verify_bundle(Path(path))
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=mv.source, dst_path=str(target), tracking_uri=self.tracking_uri
+            )
+            verify_bundle(Path(path))
+        except BaseException:
+            if dst is None:
+                shutil.rmtree(target, ignore_errors=True)
+            raise
         return Path(path)
 
 
-Loader = Callable[[str, int, str | None], Path]
+# A bundle for the length of a `with`: its files may be gone once the block ends.
+Loader = Callable[[str, int, str | None], AbstractContextManager[Path]]
 
 
-def registry_loader(model: str, version: int, tracking_uri: str | None) -> Path:
-    """Download a version's bundle from the registry (the default `Loader` of the serving
-    deployments); raises ArtifactError on any checksum mismatch."""
-    return Registry(tracking_uri).download(model, version)
+@contextlib.contextmanager
+def registry_loader(model: str, version: int, tracking_uri: str | None) -> Iterator[Path]:
+    """A version's bundle from the registry, checksums verified (the default `Loader` of the
+    serving deployments): downloaded to a temporary directory that is removed when the block
+    ends, whether it loaded or not. Raises ArtifactError on any checksum mismatch."""
+    with tempfile.TemporaryDirectory(prefix=f"shipyard-{model}-v{version}-") as tmp:
+        yield Registry(tracking_uri).download(model, version, Path(tmp))

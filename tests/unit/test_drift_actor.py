@@ -3,6 +3,7 @@ never blocks a prediction and its rows are counted as dropped; a restarted actor
 its saved state; drift raises events."""
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -112,7 +113,12 @@ def actor(bundle: Path, tmp_path: Path, retrain: Any = None, **sections: Any) ->
     )  # fmt: skip
     app = AppSettings(config=config, versions={"control": 3}, state_dir=str(tmp_path / "state"),
                       events_path=str(tmp_path / "events.jsonl"))  # fmt: skip
-    return DriftActor(app, "control", loader=lambda model, version, uri: bundle, retrain=retrain)
+    return DriftActor(
+        app,
+        "control",
+        loader=lambda model, version, uri: contextlib.nullcontext(bundle),
+        retrain=retrain,
+    )
 
 
 class Coordinator:

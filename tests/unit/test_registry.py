@@ -6,7 +6,7 @@ import pytest
 
 from shipyard.bundle.files import REQUIRED, write_bundle
 from shipyard.errors import ArtifactError, ModelNotFound
-from shipyard.registry import CHAMPION, MODEL_DIR, Registry
+from shipyard.registry import CHAMPION, MODEL_DIR, Registry, registry_loader
 
 
 @pytest.fixture
@@ -66,3 +66,28 @@ def test_corrupt_artifact_is_refused(registry: Registry, tmp_path: Path) -> None
     src.write_bytes(b"flipped bits")
     with pytest.raises(ArtifactError, match="'model.onnx'.*corrupt"):
         registry.download("m", 1, tmp_path / "dl")
+
+
+def test_a_failed_load_leaves_no_temporary_directory(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving loader downloads to a temporary directory: gone after the load, whether the
+    bundle was sound or corrupt (a crash-looping replica must not fill the disk)."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    run_id = logged_run(registry, tmp_path, "one")
+    registry.register("m", run_id, {})
+    with registry_loader("m", 1, registry.tracking_uri) as bundle:
+        assert (bundle / "model.onnx").read_bytes() == b"one:model.onnx"
+    assert list(scratch.iterdir()) == []
+    src = Path(registry.artifact_uri(run_id).removeprefix("file://")) / MODEL_DIR / "model.onnx"
+    src.write_bytes(b"flipped bits")
+    for _ in range(3):
+        with pytest.raises(ArtifactError), registry_loader("m", 1, registry.tracking_uri):
+            pass
+        with pytest.raises(ArtifactError):
+            registry.download("m", 1)  # its own temporary directory, removed on failure
+    assert list(scratch.iterdir()) == []

@@ -6,6 +6,7 @@ typed errors raised as themselves)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ class Method:
 
     def remote(self, *args: Any) -> asyncio.Task[Any]:
         async def run() -> Any:
-            return self.fn(*args)
+            out = self.fn(*args)
+            return await out if inspect.isawaitable(out) else out
 
         return asyncio.get_running_loop().create_task(run())
 

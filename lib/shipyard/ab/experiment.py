@@ -28,6 +28,7 @@ from shipyard.config.serving import ServingConfig, TrafficUpdate
 from shipyard.errors import Conflict, InvalidInput, ModelNotFound
 from shipyard.events import EventLog
 from shipyard.multiplicity import holm
+from shipyard.storage import JsonLines
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class VariantStats:
         self.errors = 0  # server-side failures (5xx)
         self.rejected = 0  # client errors (4xx)
         self.explicit = 0  # targeted with X-Shipyard-Variant: left out of A/B statistics
+        self.input_failures = 0  # failed here and on control: the input's doing, not counted
+        self.rerouted = 0  # the variant had not loaded: control answered its keys
         self.predictions = Moments()
         self.outcomes = Moments()  # joined feedback of A/B-eligible requests
         self.keyed = KeyedOutcomes()  # the same outcomes by unit of randomisation (key)
@@ -84,13 +87,15 @@ class VariantStats:
             "errors": self.errors,
             "rejected": self.rejected,
             "explicit": self.explicit,
+            "input_failures": self.input_failures,
+            "rerouted": self.rerouted,
             "predictions": self.predictions.to_json(),
             "outcomes": self.outcomes.to_json(),
             "keyed": self.keyed.to_json(),
         }
 
     def load(self, d: dict[str, Any]) -> None:
-        for k in ("requests", "errors", "rejected", "explicit"):
+        for k in ("requests", "errors", "rejected", "explicit", "input_failures", "rerouted"):
             setattr(self, k, int(d.get(k, 0)))
         self.predictions = Moments.from_json(d["predictions"])
         self.outcomes = Moments.from_json(d["outcomes"])
@@ -166,6 +171,13 @@ class Experiment:
         self.pending: dict[str, tuple[float, float]] = {}
         self._unindexed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.feedback_unmatched = 0
+        self.feedback_dropped = 0  # pending outcomes dropped over limits.max_pending_feedback
+        lim = cfg.limits
+        self.logs = {
+            name: JsonLines(self.state_dir / f"{name}.jsonl", lim.log_segment_bytes, lim.log_segments)
+            for name in ("requests", "feedback")
+            if self.state_dir is not None
+        }  # fmt: skip
         self.started = self.clock()
         self._saved = 0.0
         if self.state_dir:
@@ -311,7 +323,7 @@ class Experiment:
                     log_lines.append(r)
             elif kind == "shadow":
                 self._ingest_shadow(r)
-        self._append("requests.jsonl", log_lines)
+        self._append("requests", log_lines)
         actions = self.check_guardrails()
         self.save()
         return actions
@@ -329,6 +341,9 @@ class Experiment:
         if 400 <= status < 500:
             st.rejected += 1
             return
+        if r.get("blame") == "input":  # control failed on the same records
+            st.input_failures += 1
+            return
         ab = bool(r.get("ab", True))
         if not ab:
             st.explicit += 1
@@ -342,8 +357,13 @@ class Experiment:
                 st.units += 1
                 if key is not None:
                     st.keys.add(key)
-            if r.get("latency_ms") is not None:
+            # Latency guardrail: answered one-record requests only, so that large batches
+            # aimed at a treatment's keys cannot make it look slow.
+            if status < 400 and r.get("n", 1) == 1 and r.get("latency_ms") is not None:
                 st.latency.add(float(r["latency_ms"]))
+        if r.get("rerouted"):  # counted for SRM (the key was assigned here), not joinable
+            st.rerouted += 1
+            return
         if status >= 400:
             return
         pred = r.get("pred")
@@ -389,16 +409,17 @@ class Experiment:
                 f"outcome: {outcome!r} is not a conversion; ab.metric is 'conversion', so "
                 "outcome must be 0, 1, true or false"
             )
-        self._append("feedback.jsonl", [{"id": request_id, "outcome": outcome, "ts": self.clock()}])
         entry = self.index.get(request_id)
+        if request_id in self.pending or (entry is not None and "outcome" in entry):
+            raise Conflict(f"request_id {request_id!r} already has an outcome")
+        self._append("feedback", [{"id": request_id, "outcome": outcome, "ts": self.clock()}])
         if entry is None:
-            if request_id in self.pending:
-                raise Conflict(f"request_id {request_id!r} already has an outcome")
             self._expire_pending()
             self.pending[request_id] = (float(outcome), self.clock())
+            while len(self.pending) > self.cfg.limits.max_pending_feedback:
+                del self.pending[next(iter(self.pending))]  # the oldest
+                self.feedback_dropped += 1
             return {"request_id": request_id, "joined": False, "status": "pending"}
-        if "outcome" in entry:
-            raise Conflict(f"request_id {request_id!r} already has an outcome")
         self._join(request_id, float(outcome))
         return {
             "request_id": request_id,
@@ -514,7 +535,10 @@ class Experiment:
                 "errors": st.errors,
                 "rejected": st.rejected,
                 "explicit": st.explicit,
-                "error_rate": st.errors / max(1, st.requests - st.rejected - st.explicit),
+                "input_failures": st.input_failures,
+                "rerouted": st.rerouted,
+                "error_rate": st.errors
+                / max(1, st.requests - st.rejected - st.explicit - st.input_failures - st.rerouted),
                 "latency_ms": abstats.percentiles(st.latency.values()),
                 "mean_prediction": st.predictions.mean if st.predictions.n else None,
                 "outcomes": o.n,
@@ -556,6 +580,7 @@ class Experiment:
             "srm": srm,
             "feedback_pending": len(self.pending),
             "feedback_unmatched": self.feedback_unmatched,
+            "feedback_dropped": self.feedback_dropped,
         }
 
     def _sequential_p(self, name: str) -> float | None:
@@ -609,10 +634,8 @@ class Experiment:
             self.events.emit(kind, model=self.cfg.model, **data)
 
     def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
-        if not rows or self.state_dir is None:
-            return
-        with (self.state_dir / name).open("a") as fh:
-            fh.write("".join(json.dumps(r, default=str) + "\n" for r in rows))
+        if name in self.logs:
+            self.logs[name].append(rows)
 
     def save(self, force: bool = False) -> None:
         if self.state_dir is None or (not force and self.clock() - self._saved < 2.0):
@@ -664,23 +687,17 @@ class Experiment:
         for n, d in state["stats"].items():
             if n in self.stats:
                 self.stats[n].load(d)
-        log = self.state_dir / "requests.jsonl"
-        if log.exists():
-            with log.open() as fh:
-                for line in collections.deque(fh, maxlen=self.max_index):
-                    r = json.loads(line)
-                    self.index[r["id"]] = {
-                        "variant": r["variant"],
-                        "version": r.get("version"),
-                        "pred": r.get("pred"),
-                        "ab": r.get("ab", True),
-                        "key": r.get("key"),
-                        "ts": r.get("ts"),
-                    }
-        fb = self.state_dir / "feedback.jsonl"
-        if fb.exists():
-            for line in fb.read_text().splitlines():
-                r = json.loads(line)
-                if r["id"] in self.index:
-                    self.index[r["id"]]["outcome"] = r["outcome"]
+        # Only what the index holds: the newest max_index requests and the outcomes given since.
+        for r in self.logs["requests"].tail(self.max_index):
+            self.index[r["id"]] = {
+                "variant": r["variant"],
+                "version": r.get("version"),
+                "pred": r.get("pred"),
+                "ab": r.get("ab", True),
+                "key": r.get("key"),
+                "ts": r.get("ts"),
+            }
+        for r in self.logs["feedback"].tail(self.max_index):
+            if r["id"] in self.index:
+                self.index[r["id"]]["outcome"] = r["outcome"]
         logger.info("experiment restored from %s (epoch %d)", path, self.epoch)

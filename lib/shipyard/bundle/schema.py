@@ -18,6 +18,8 @@ from shipyard.errors import InvalidRecord
 
 FORMAT_VERSION = 1
 Kind = Literal["numeric", "categorical"]
+# The graph reads numbers as float32: a larger magnitude would become inf, which XGBoost refuses.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,16 @@ class InputSchema:
                         raise InvalidRecord(
                             f"{where}.{name} must be a number or null, got "
                             f"{type(value).__name__} {value!r}"[:200],
+                            field=name,
+                        )
+                    if value != value or abs(value) > FLOAT32_MAX:  # NaN, inf, beyond float32
+                        shown = f"{value:.4g}" if isinstance(value, float) else (
+                            f"an integer of {len(str(abs(value)))} digits"
+                        )  # fmt: skip
+                        raise InvalidRecord(
+                            f"{where}.{name} = {shown} is not a number the model reads: numbers "
+                            f"must be finite and within float32 (|x| <= {FLOAT32_MAX:.4g}); "
+                            "send null for a missing value",
                             field=name,
                         )
                 elif isinstance(value, int) and not isinstance(value, bool):

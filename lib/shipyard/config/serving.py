@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
@@ -20,6 +20,10 @@ from shipyard.monitoring.drift import DriftSettings
 NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,39}$"
 Trigger = Literal["features", "prediction", "quality", "performance"]
 DRIFT_ACTOR_TRIGGERS = {"features", "prediction", "quality"}
+
+
+# A relative share of live traffic: finite and bounded, so that sums of weights stay finite.
+Weight = Annotated[float, Field(ge=0.0, le=1e6, allow_inf_nan=False)]
 
 
 class Autoscaling(Strict):
@@ -54,8 +58,8 @@ class Variant(Strict):
         description="Registry version number or alias (champion, challenger, ...). Aliases are "
         "resolved once, at deploy time, so a replica restart never loads a different version."
     )
-    weight: NonNegativeFloat = Field(
-        0.0, description="Share of live traffic (relative to the other weights)."
+    weight: Weight = Field(
+        0.0, description="Share of live traffic (relative to the other weights, 0 to 1e6)."
     )
     shadow: float = Field(
         0.0,
@@ -144,6 +148,17 @@ class Limits(Strict):
         1000, description="Most records in one /predict request (HTTP 413 above)."
     )
     timeout_s: PositiveFloat = Field(10.0, description="Per-request model timeout (HTTP 504).")
+    max_pending_feedback: PositiveInt = Field(
+        10_000,
+        description="Outcomes held for request ids not seen yet (they may still be in a "
+        "router's buffer); beyond this the oldest are dropped and counted.",
+    )
+    log_segment_bytes: PositiveInt = Field(
+        64 * 2**20, description="The request and feedback logs start a new segment at this size."
+    )
+    log_segments: PositiveInt = Field(
+        8, description="Segments kept per log beyond the current one; older ones are deleted."
+    )
 
 
 class DriftSection(DriftSettings):
@@ -275,6 +290,12 @@ class ServingConfig(Strict):
         description="Environment variable holding the bearer token of admin routes; admin routes "
         "are off when it is unset.",
     )
+    api_keys_env: str = Field(
+        "SHIPYARD_API_KEYS",
+        description="Environment variable holding the API keys (comma-separated) that data "
+        "routes need (/predict, /explain, /feedback and the reports) as the X-API-Key header; "
+        "open when it is unset (a laptop). On a cluster, set it from a secret.",
+    )
     router_replicas: PositiveInt = Field(1, description="Router (ingress) replicas.")
     guardrails: Guardrails = Field(default_factory=Guardrails, description="Automatic rollback.")
     ab: ABSection = Field(default_factory=ABSection, description="A/B statistics.")
@@ -365,13 +386,14 @@ def load_serving_args(args: dict[str, Any]) -> ServingConfig:
 class TrafficUpdate(Strict):
     """Body of PUT /variants (and the router's user_config): new weights and shadow shares."""
 
-    weights: dict[str, NonNegativeFloat] = Field(
-        default_factory=dict, description="Variant name -> weight; unlisted variants keep theirs."
+    weights: dict[str, Weight] = Field(
+        default_factory=dict,
+        description="Variant name -> weight (0 to 1e6); unlisted variants keep theirs.",
     )
-    shadow: dict[str, float] = Field(
+    shadow: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
         default_factory=dict, description="Variant name -> percent mirrored (0-100)."
     )
-    control: str | None = Field(None, description="New control variant.")
+    control: str | None = Field(None, description="New control variant.", max_length=200)
 
     @model_validator(mode="after")
     def _ranges(self) -> TrafficUpdate:
