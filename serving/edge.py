@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shipyard.contract import PROXY_MAX_BODY_DEFAULT, PROXY_MAX_BODY_ENV
 from shipyard.errors import (
     ArtifactError,
     ConfigError,
@@ -305,7 +307,8 @@ JSON_TYPES = (b"application/json",)
 
 
 class BodyGuard:
-    """ASGI middleware in front of every route:
+    """ASGI middleware in front of every route (`json_only=False`: the size limit alone, as
+    Serve's HTTP proxies run it, see `proxy_middlewares`):
 
     - a request body over `max_bytes` is refused with 413 before it is read whole, whether it
       declares a Content-Length or comes chunked (bytes are counted as they arrive and reading
@@ -316,9 +319,10 @@ class BodyGuard:
       own parsing never meets a value that would fail it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, json_only: bool = True) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.json_only = json_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -329,15 +333,16 @@ class BodyGuard:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send, 413, f"request body is {int(declared)} bytes")
             return
-        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if kind and kind not in JSON_TYPES and not kind.endswith(b"+json"):
-            if scope["method"] in ("POST", "PUT", "PATCH"):
-                shown = kind.decode("latin-1")[:60]
-                await self._refuse(send, 415, f"Content-Type {shown!r}: send application/json")
-                return
-        elif not kind:  # curl -d without -H, or a bare POST: read it as JSON
-            scope = {**scope, "headers": [*scope.get("headers", []),
-                                          (b"content-type", b"application/json")]}  # fmt: skip
+        if self.json_only:
+            kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if kind and kind not in JSON_TYPES and not kind.endswith(b"+json"):
+                if scope["method"] in ("POST", "PUT", "PATCH"):
+                    shown = kind.decode("latin-1")[:60]
+                    await self._refuse(send, 415, f"Content-Type {shown!r}: send application/json")
+                    return
+            elif not kind:  # curl -d without -H, or a bare POST: read it as JSON
+                scope = {**scope, "headers": [*scope.get("headers", []),
+                                              (b"content-type", b"application/json")]}  # fmt: skip
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -353,7 +358,7 @@ class BodyGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body.strip():
+        if self.json_only and body.strip():
             try:
                 check_json(body)
             except ShipyardError as err:
@@ -372,7 +377,8 @@ class BodyGuard:
 
     async def _refuse(self, send: Send, status: int, what: str) -> None:
         if status == 413:
-            what += f"; limits.max_body_bytes={self.max_bytes}"
+            what += (f"; limits.max_body_bytes={self.max_bytes}" if self.json_only
+                     else f"; {PROXY_MAX_BODY_ENV}={self.max_bytes} on the serving nodes")  # fmt: skip
         body = json.dumps(error_body(what)).encode()
         await send(
             {
@@ -386,3 +392,14 @@ class BodyGuard:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def proxy_middlewares() -> list[Any]:
+    """Serve's HTTP proxies call this at start (RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, set by
+    `ray_env` and the cluster configs): the body limit, enforced where the bytes arrive. Serve's
+    proxy otherwise buffers a request's whole body, and the replica fetches it all, before the
+    app's own limit can answer; at the proxy, reading stops at the limit."""
+    from starlette.middleware import Middleware
+
+    limit = int(os.environ.get(PROXY_MAX_BODY_ENV) or PROXY_MAX_BODY_DEFAULT)
+    return [Middleware(BodyGuard, max_bytes=limit, json_only=False)]

@@ -32,6 +32,11 @@ HOME_ENV = "SHIPYARD_HOME"  # local state: tracking store, checkpoints, events
 TRIGGER_ENV = "SHIPYARD_TRIGGER"  # JSON: why a run exists (set by the retrain coordinator)
 COMMIT_ENV, DIRTY_ENV = "SHIPYARD_GIT_COMMIT", "SHIPYARD_GIT_DIRTY"  # set by submitters
 WEBHOOK_ENV = "SHIPYARD_WEBHOOK_URL"
+# Serve's HTTP proxies refuse bodies over this many bytes before routing them (serving.edge), so a
+# huge upload never reaches a replica; set on every node that runs a proxy, before `ray start`.
+PROXY_MAX_BODY_ENV = "SHIPYARD_PROXY_MAX_BODY_BYTES"
+PROXY_MAX_BODY_DEFAULT = 1_048_576
+PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "serving.edge:proxy_middlewares")
 
 # --- the jobs, by module name (submitters run them; nobody imports them) ------------------------
 TRAIN_MODULE = "jobs.train"

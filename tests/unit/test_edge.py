@@ -533,3 +533,27 @@ def test_fuzzed_requests_never_get_a_5xx_and_every_answer_is_json(
     assert {200, 400, 422} <= set(seen)  # it reached the models, and the edge refused some
     t = app.report()["variants"]["treatment"]
     assert t["errors"] == 0 and t["input_failures"] == 0
+
+
+def test_the_proxys_guard_limits_size_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Serve's proxies run for every app on the cluster: the size limit from the node's
+    environment, counted as bytes arrive; no opinion on content types (other apps' business)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from serving.edge import proxy_middlewares
+
+    monkeypatch.setenv("SHIPYARD_PROXY_MAX_BODY_BYTES", "1000")
+
+    async def echo(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(len(await request.body())))
+
+    app = Starlette(routes=[Route("/", echo, methods=["POST"])], middleware=proxy_middlewares())
+    with TestClient(app) as c:
+        ok = c.post("/", content=b"x" * 1000, headers={"content-type": "text/plain"})
+        assert ok.status_code == 200 and ok.text == "1000"
+        chunked = c.post("/", content=iter([b"x" * 600, b"x" * 600]))
+        assert chunked.status_code == 413
+        assert "SHIPYARD_PROXY_MAX_BODY_BYTES=1000" in chunked.json()["error"]

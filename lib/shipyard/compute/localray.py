@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from shipyard.contract import PROXY_CALLBACK
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,6 +66,7 @@ def ray_env() -> dict[str, str]:
     env.setdefault("RAY_AUTH_MODE", "disabled")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env.setdefault(*PROXY_CALLBACK)  # Serve's proxies enforce the body limit (serving.edge)
     return env
 
 
