@@ -474,9 +474,9 @@ def _keys_routed_to(client: Client, variant: str, n: int) -> list[str]:
 def test_overflowing_numbers_on_treatment_keys_move_no_traffic(
     client: Client, registry: Any
 ) -> None:
-    """The guardrail-abuse sequence: anonymous requests whose records hold a 401-digit number,
-    on keys routed to the treatment. Each is a 422 naming the feature, none counts as the
-    treatment's error, and the weights and aliases stay as they were."""
+    """The guardrail-abuse sequence: 200 anonymous requests (guardrails judge after 60) whose
+    records hold a 401-digit number, on keys routed to the treatment. Each is a 422 naming the
+    feature, none counts as the treatment's error, and the weights and aliases stay."""
     client.traffic(weights={"control": 90, "treatment": 10, "canary": 0})
     before = (client.get("/variants")["allocation"], registry.aliases(SERVE_MODEL))
     errors_before = client.get("/ab")["variants"]["treatment"]["errors"]
@@ -488,7 +488,7 @@ def test_overflowing_numbers_on_treatment_keys_move_no_traffic(
         body = '{"instance": ' + text + ', "key": "' + key + '"}'
         return client.session.post(f"{client.url}/predict", data=body, timeout=30)
 
-    answers = many(send, _keys_routed_to(client, "treatment", 300))
+    answers = many(send, _keys_routed_to(client, "treatment", 200))
     assert all(r.status_code == 422 and "income" in r.json()["error"] for r in answers)
     time.sleep(1.0)  # the router flushes its records every 0.2 s; guardrails run on them
     report = client.get("/ab")["variants"]["treatment"]
