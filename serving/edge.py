@@ -61,6 +61,9 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
+RETRY_AFTER_S = 5  # a 503 says when to try again: a replica is usually back within seconds
+
+
 def status_of(err: BaseException) -> int:
     for cls, status in STATUS:
         if isinstance(err, cls):
@@ -222,7 +225,8 @@ def install_error_handlers(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> 
         status = status_of(err)
         if status >= 500:
             logger.warning("%s %s: %s", request.method, request.url.path, message)
-        return JSONResponse(error_body(message, **context), status_code=status)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+        return JSONResponse(error_body(message, **context), status_code=status, headers=headers)
 
     async def on_validation(request: Request, err: Exception) -> JSONResponse:
         assert isinstance(err, RequestValidationError)

@@ -26,11 +26,13 @@ class RecordBuffer:
         on_actions: Callable[[], Awaitable[None]],
         max_rows: int = 200_000,
         interval_s: float = 0.2,
+        batch_rows: int = 5_000,
     ) -> None:
         self.send = send
         self.on_actions = on_actions  # the store changed traffic (a guardrail fired): refresh
         self.max_rows = max_rows
         self.interval_s = interval_s
+        self.batch_rows = batch_rows
         self.rows: list[dict[str, Any]] = []
         self.dropped = 0
 
@@ -46,17 +48,18 @@ class RecordBuffer:
             await self.flush()
 
     async def flush(self) -> None:
-        if not self.rows:
-            return
-        batch, self.rows = self.rows, []
-        try:
-            actions = await self.send(batch)
-        except Exception as err:
-            logger.warning("could not flush %d records (will retry): %s", len(batch), err)
-            self.rows = batch + self.rows
-            if len(self.rows) > self.max_rows:
-                self.dropped += len(self.rows) - self.max_rows
-                self.rows = self.rows[-self.max_rows :]
-            return
-        if actions:
-            await self.on_actions()
+        """Send everything buffered, `batch_rows` at a time (each call stays quick, also after a
+        backlog built up while the store was away)."""
+        while self.rows:
+            batch, self.rows = self.rows[: self.batch_rows], self.rows[self.batch_rows :]
+            try:
+                actions = await self.send(batch)
+            except Exception as err:
+                logger.warning("could not flush %d records (will retry): %s", len(batch), err)
+                self.rows = batch + self.rows
+                if len(self.rows) > self.max_rows:
+                    self.dropped += len(self.rows) - self.max_rows
+                    self.rows = self.rows[-self.max_rows :]
+                return
+            if actions:
+                await self.on_actions()

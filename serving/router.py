@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
 HEALTH_INTERVAL_S = 5.0  # how often the router asks each variant whether it has loaded
+SLOW_STORE_CALLS = {"set_traffic", "promote", "rollback"}  # they may move registry aliases
 bearer = HTTPBearer(auto_error=False, description="The admin token (admin_token_env).")
 api_key = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="An API key (api_keys_env), when set."
@@ -139,6 +140,7 @@ class Router:
         keys = os.environ.get(self.cfg.api_keys_env, "")
         self._api_keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
         self.down: dict[str, str] = {}  # variant -> why it cannot serve (its bundle did not load)
+        self.store_away: str | None = None  # why the experiment store cannot answer now
         self._init_metrics()
         self.records = RecordBuffer(lambda rows: self._store("ingest", rows), self._refresh)
         self.shadows = ShadowMirror(
@@ -354,12 +356,35 @@ class Router:
     async def _poll_loop(self) -> None:
         while True:
             await asyncio.sleep(POLL_INTERVAL_S)
-            try:
-                version = await self.store.config_version.remote()
-                if version != self.snapshot.get("config_version"):
-                    await self._refresh()
-            except Exception as err:  # the store restarts by itself; keep routing meanwhile
+            await self.check_store()
+
+    async def check_store(self) -> None:
+        """Ask the store for its config version (and fetch the table if it changed). One that
+        does not answer within limits.probe_timeout_s is marked away: routes that need it answer
+        503 at once until it answers again, and routing goes on from the local table."""
+        try:
+            response = self.store.config_version.remote()
+            version = await self._within(response, self.cfg.limits.probe_timeout_s, "store")
+            if version != self.snapshot.get("config_version"):
+                await self._refresh()
+        except Exception as err:  # the store restarts by itself; keep routing meanwhile
+            if self.store_away is None:
                 logger.warning("experiment store unreachable: %s", err)
+            self.store_away = "not answering (restarting?)"
+            return
+        if self.store_away is not None:
+            logger.warning("experiment store is back")
+        self.store_away = None
+
+    @staticmethod
+    async def _within(response: Any, timeout_s: float, what: str) -> Any:
+        """Await a handle's response for at most `timeout_s`; on timeout the call is cancelled
+        (a call still queued for a replica that is being replaced never runs) and Unavailable."""
+        try:
+            return await asyncio.wait_for(_awaitable(response), timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise Unavailable(f"the {what} did not answer within {timeout_s:g} s") from None
 
     async def _health_loop(self) -> None:
         while True:
@@ -371,11 +396,11 @@ class Router:
         routing (with its reason) until it says yes. One that does not answer in time keeps its
         place: Serve restarts dead replicas, and a busy one is not a broken one."""
         names = list(self.versions)
+        probe = self.cfg.limits.probe_timeout_s
         answers = await asyncio.gather(
-            *[asyncio.wait_for(_awaitable(self.models[n].info.remote()), self.cfg.limits.timeout_s)
-              for n in names],
+            *[self._within(self.models[n].info.remote(), probe, "variant") for n in names],
             return_exceptions=True,
-        )  # fmt: skip
+        )
         for name, info in zip(names, answers, strict=True):
             if isinstance(info, BaseException):
                 continue
@@ -424,13 +449,25 @@ class Router:
             raise Unavailable(f"variant {variant!r}: model failed") from None
 
     async def _store(self, method: str, *args: Any) -> Any:
-        """Call the experiment store; unreachable is a 503 for this request, never a 500."""
+        """Call the experiment store; away or unreachable is a 503 for this request (at once
+        while it is known to be away), never a 500 and never a long wait. Its quick answers
+        (ingest, feedback, report) get limits.probe_timeout_s; decisions that move registry
+        aliases get limits.timeout_s."""
+        if self.store_away is not None:
+            raise Unavailable(f"experiment store unavailable ({self.store_away}); retry shortly")
+        limits = self.cfg.limits
+        timeout_s = limits.timeout_s if method in SLOW_STORE_CALLS else limits.probe_timeout_s
         try:
-            return await getattr(self.store, method).remote(*args)
+            response = getattr(self.store, method).remote(*args)
+            return await self._within(response, timeout_s, "experiment store")
+        except Unavailable:
+            self.store_away = "not answering (restarting?)"
+            raise Unavailable("experiment store unavailable; retry shortly") from None
         except ShipyardError:
             raise
         except Exception as err:
             logger.warning("experiment store call %s failed: %s", method, err)
+            self.store_away = "call failed (restarting?)"
             raise Unavailable("experiment store unavailable; retry shortly") from None
 
     def _spawn(self, awaitable: Any) -> None:
@@ -562,8 +599,9 @@ class Router:
         if self.allocation is None:
             raise Unavailable("the router has no traffic table yet; retry shortly")
         shares = self.allocation.shares()
+        probe = self.cfg.limits.probe_timeout_s
         infos = await asyncio.gather(
-            *[_awaitable(self.models[n].info.remote()) for n in self.versions],
+            *[self._within(self.models[n].info.remote(), probe, "variant") for n in self.versions],
             return_exceptions=True,
         )
         replicas = _replica_counts()
@@ -615,8 +653,10 @@ class Router:
         if not self.drifts:
             raise NotFound("drift actors are off (drift.enabled: false)")
         names = list(self.drifts)
+        probe = self.cfg.limits.probe_timeout_s
         answers = await asyncio.gather(
-            *[_awaitable(self.drifts[n].status.remote()) for n in names], return_exceptions=True
+            *[self._within(self.drifts[n].status.remote(), probe, "drift actor") for n in names],
+            return_exceptions=True,
         )
         out: dict[str, Any] = {}
         for name, answer in zip(names, answers, strict=True):
@@ -648,7 +688,8 @@ class Router:
         """Retraining requests (newest first) and the policy they follow."""
         if self.retrain is None:
             return JSONResponse({"model": self.cfg.model, "on_drift": "alert", "requests": []})
-        return JSONResponse(await _awaitable(self.retrain.report.remote()))
+        probe = self.cfg.limits.probe_timeout_s
+        return JSONResponse(await self._within(self.retrain.report.remote(), probe, "retrainer"))
 
     async def retrain_decide(
         self, request_id: str, action: str, body: Decision | None = None

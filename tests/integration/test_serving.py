@@ -749,6 +749,42 @@ def test_a_dead_drift_actor_fails_no_prediction_and_resumes(client: Client) -> N
     assert after["rows"] + after["dropped_rows"] == saved + 41 * 50, after
 
 
+def test_a_dead_experiment_store_fails_no_prediction_and_its_routes_answer_at_once(
+    client: Client,
+) -> None:
+    """Kill the store's replica: predictions go on from the router's table; /ab and /feedback
+    answer 503 with Retry-After while it is away (within limits.probe_timeout_s, 2 s, where
+    they used to hang 12-25 s), then 200 with the same bucket table once Serve has replaced it."""
+    import ray
+
+    client.traffic(weights={"control": 90, "treatment": 10, "canary": 0})
+    allocation = client.get("/variants")["allocation"]
+    replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                   if "#experiment#" in a["name"])  # fmt: skip
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+    codes = [client.predict(key=f"away-{i}").status_code for i in range(40)]
+    assert set(codes) == {200}
+    deadline, seen = time.monotonic() + 120, Counter[int]()
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        r = client.session.get(f"{client.url}/ab", timeout=30)
+        fb = client.session.post(f"{client.url}/feedback", json={"request_id": f"away{len(seen)}", "outcome": 1}, timeout=30)  # fmt: skip
+        # Two calls, each at most probe_timeout_s (2 s) on the store; 10 s is limits.timeout_s.
+        assert time.monotonic() - started < 10.0, "a route waited for the store"
+        for answer in (r, fb):
+            seen[answer.status_code] += 1
+            assert answer.status_code in (200, 202, 503), answer.text
+            if answer.status_code == 503:
+                assert answer.headers["Retry-After"] == "5" and "store" in answer.json()["error"]
+        if r.status_code == 200 and fb.status_code in (200, 202):
+            break
+        time.sleep(0.5)
+    print(f"answers while the store was replaced: {dict(seen)}")
+    assert r.status_code == 200, seen
+    assert client.get("/variants")["allocation"] == allocation
+    assert client.predict(key="away-0").status_code == 200
+
+
 def test_promote_moves_traffic_and_the_champion_alias(
     client: Client, registry: Any, versions: dict[str, int]
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -557,3 +558,80 @@ def test_the_proxys_guard_limits_size_only(monkeypatch: pytest.MonkeyPatch) -> N
         chunked = c.post("/", content=iter([b"x" * 600, b"x" * 600]))
         assert chunked.status_code == 413
         assert "SHIPYARD_PROXY_MAX_BODY_BYTES=1000" in chunked.json()["error"]
+
+
+# --- a collaborator being replaced ------------------------------------------------------------
+class Away:
+    """The experiment store while its replica is being replaced: calls wait until it is back."""
+
+    def __init__(self, inner: ExperimentStore) -> None:
+        self.inner = inner
+        self.away = True
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+
+        async def call(*args: Any) -> Any:
+            while self.away:
+                await asyncio.sleep(0.02)
+            return fn(*args)
+
+        return call
+
+
+def test_while_the_store_is_away_its_routes_answer_503_at_once_and_routing_goes_on(
+    tmp_path: Path, bundle: Path, row: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _outside_serve(monkeypatch)
+    app = App(tmp_path, bundle, limits={"probe_timeout_s": 0.2, "timeout_s": 0.5})
+    away = Away(app.store)
+    with app.client() as client:
+        assert client.portal is not None
+        app.router.store = Handle(away)
+        # Not yet known to be away: the call waits limits.timeout_s, answers 503, and marks it.
+        first = client.get("/ab")
+        assert first.status_code == 503 and first.headers["Retry-After"] == "5"
+        assert app.router.store_away is not None
+        # Known to be away: 503 without waiting (the wait would be 0.5 s per call).
+        started = time.monotonic()
+        answers = [client.get("/ab") for _ in range(5)]
+        answers += [
+            client.post("/feedback", json={"request_id": f"f{i}", "outcome": 1}) for i in range(5)
+        ]
+        assert time.monotonic() - started < 5 * 0.5
+        assert all(r.status_code == 503 and r.headers["Retry-After"] == "5" for r in answers)
+        assert all("experiment store" in r.json()["error"] for r in answers)
+        served = [
+            client.post("/predict", json={"instance": row, "key": f"k{i}"}) for i in range(20)
+        ]
+        assert all(r.status_code == 200 for r in served)  # routing goes on from the local table
+        away.away = False
+        client.portal.call(app.router.check_store)
+        assert app.router.store_away is None
+        report = client.get("/ab").json()  # the requests answered meanwhile were kept
+    assert sum(v["requests"] for v in report["variants"].values()) == 20
+
+
+def test_the_record_buffer_sends_a_backlog_in_bounded_batches_and_keeps_what_failed() -> None:
+    from serving.records import RecordBuffer
+
+    sent: list[int] = []
+    fail = {"after": 2}
+
+    async def send(rows: list[dict[str, Any]]) -> list[Any]:
+        if len(sent) == fail["after"]:
+            raise ConnectionError("store away")
+        sent.append(len(rows))
+        return []
+
+    async def nothing() -> None:
+        return None
+
+    buffer = RecordBuffer(send, nothing, max_rows=100, batch_rows=10)
+    for i in range(35):
+        buffer.add(id=str(i))
+    asyncio.run(buffer.flush())  # two batches go, the third fails and stays
+    assert sent == [10, 10] and [r["id"] for r in buffer.rows] == [str(i) for i in range(20, 35)]
+    fail["after"] = -1
+    asyncio.run(buffer.flush())
+    assert sent == [10, 10, 10, 5] and buffer.rows == [] and buffer.dropped == 0

@@ -148,6 +148,12 @@ class Limits(Strict):
         1000, description="Most records in one /predict request (HTTP 413 above)."
     )
     timeout_s: PositiveFloat = Field(10.0, description="Per-request model timeout (HTTP 504).")
+    probe_timeout_s: PositiveFloat = Field(
+        2.0,
+        description="How long the router waits for the experiment store's or a drift actor's "
+        "health answer before treating it as away (routes that need it then answer 503 with "
+        "Retry-After at once, and routing goes on from the router's table).",
+    )
     max_pending_feedback: PositiveInt = Field(
         10_000,
         description="Outcomes held for request ids not seen yet (they may still be in a "
