@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import queue
 import threading
 import time
 import urllib.request
@@ -18,13 +20,30 @@ logger = logging.getLogger(__name__)
 
 
 class EventLog:
-    """Append-only JSONL log; a webhook failure is logged, never raised (events are advisory)."""
+    """Append-only JSONL log, plus an optional webhook sent off the caller's path: `emit` writes
+    the line and queues the post; one sender thread posts with retries and exponential backoff.
+    A webhook that is down never blocks or fails the caller and never loses an event (it is in
+    the log); posts it could not deliver are logged and counted (`webhook_failed`)."""
 
-    def __init__(self, path: str | Path, webhook_url: str | None = None, timeout_s: float = 3.0):
+    def __init__(
+        self,
+        path: str | Path,
+        webhook_url: str | None = None,
+        timeout_s: float = 3.0,
+        attempts: int = 5,
+        backoff_s: float = 0.5,
+        max_queued: int = 1000,
+    ):
         self.path = Path(path)
         self.webhook_url = webhook_url or os.environ.get(WEBHOOK_ENV) or None
         self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.webhook_sent = 0
+        self.webhook_failed = 0  # gave up after `attempts`, or dropped with the queue full
         self._lock = threading.Lock()
+        self._queue: queue.Queue[str] = queue.Queue(max_queued)
+        self._sender: threading.Thread | None = None
 
     def emit(self, kind: str, **data: Any) -> dict[str, Any]:
         event = {"id": uuid.uuid4().hex, "ts": time.time(), "kind": kind, **data}
@@ -33,8 +52,35 @@ class EventLog:
         with self._lock, self.path.open("a") as fh:
             fh.write(line + "\n")
         if self.webhook_url:
-            self._post(line)
+            self._enqueue(line)
         return event
+
+    def _enqueue(self, line: str) -> None:
+        with self._lock:
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_loop, name="webhook", daemon=True)
+                self._sender.start()
+                atexit.register(self.drain, 10.0)  # a job that exits right after emit
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self.webhook_failed += 1
+            logger.warning("webhook queue full: event not posted (it is in %s)", self.path)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every queued post is sent or given up; False if time ran out."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self._queue.unfinished_tasks
+
+    def _send_loop(self) -> None:
+        while True:
+            line = self._queue.get()
+            try:
+                self._post(line)
+            finally:
+                self._queue.task_done()
 
     def _post(self, body: str) -> None:
         req = urllib.request.Request(
@@ -43,11 +89,19 @@ class EventLog:
             headers={"Content-Type": "application/json"},
             method="POST",
         )
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                resp.read()
-        except Exception as err:  # advisory channel: never fail the caller
-            logger.warning("webhook %s failed: %s", self.webhook_url, err)
+        for attempt in range(self.attempts):
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    resp.read()
+                self.webhook_sent += 1
+                return
+            except Exception as err:  # advisory channel: retried, never raised to the caller
+                if attempt + 1 == self.attempts:
+                    self.webhook_failed += 1
+                    logger.warning("webhook %s failed %d times, last: %s (the event is in %s)",
+                                   self.webhook_url, self.attempts, err, self.path)  # fmt: skip
+                    return
+                time.sleep(self.backoff_s * 2**attempt)
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.exists():

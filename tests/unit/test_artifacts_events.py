@@ -39,30 +39,58 @@ def test_missing_file_and_manifest(tmp_path: Path) -> None:
         verify_bundle(d)
 
 
-def test_events_go_to_log_and_webhook(tmp_path: Path) -> None:
+class Hook(BaseHTTPRequestHandler):
+    """A webhook receiver that fails its first `fail` posts with 503."""
+
     received: list[dict[str, Any]] = []
+    fail = 0
 
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if Hook.fail > 0:
+            Hook.fail -= 1
+            self.send_response(503)
+        else:
+            Hook.received.append(body)
             self.send_response(204)
-            self.end_headers()
+        self.end_headers()
 
-        def log_message(self, *a: object) -> None:
-            pass
+    def log_message(self, *a: object) -> None:
+        pass
 
+
+@pytest.fixture
+def hook() -> Any:
+    Hook.received, Hook.fail = [], 0
     server = HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        log = EventLog(tmp_path / "events.jsonl", f"http://127.0.0.1:{server.server_port}/hook")
-        log.emit("version_registered", model="m", version=3)
-    finally:
-        server.shutdown()
+    yield server
+    server.shutdown()
+
+
+def test_events_go_to_log_and_webhook(tmp_path: Path, hook: Any) -> None:
+    log = EventLog(tmp_path / "events.jsonl", f"http://127.0.0.1:{hook.server_port}/hook")
+    log.emit("version_registered", model="m", version=3)
+    assert log.drain(10)
     assert [e["kind"] for e in log.read()] == ["version_registered"]
-    assert received and received[0]["version"] == 3
+    assert Hook.received and Hook.received[0]["version"] == 3 and log.webhook_sent == 1
 
 
-def test_webhook_failure_never_raises(tmp_path: Path) -> None:
-    log = EventLog(tmp_path / "e.jsonl", "http://127.0.0.1:9/unreachable", timeout_s=0.5)
+def test_a_webhook_that_is_down_is_retried_off_the_callers_path(tmp_path: Path, hook: Any) -> None:
+    """Three 503s, then up: every event arrives, in order, and `emit` never waited for it."""
+    Hook.fail = 3
+    log = EventLog(tmp_path / "e.jsonl", f"http://127.0.0.1:{hook.server_port}/hook",
+                   attempts=5, backoff_s=0.05)  # fmt: skip
+    for i in range(3):
+        log.emit("traffic_changed", n=i)
+    assert log.drain(10)
+    assert [e["n"] for e in Hook.received] == [0, 1, 2]
+    assert log.webhook_sent == 3 and log.webhook_failed == 0
+
+
+def test_webhook_failure_never_raises_and_the_event_stays_in_the_log(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "e.jsonl", "http://127.0.0.1:9/unreachable", timeout_s=0.5,
+                   attempts=2, backoff_s=0.01)  # fmt: skip
     log.emit("run_failed", error="x")
     assert log.read()[0]["kind"] == "run_failed"
+    assert log.drain(10) and log.webhook_failed == 1 and log.webhook_sent == 0
