@@ -377,14 +377,16 @@ class Router:
         self.store_away = None
 
     @staticmethod
-    async def _within(response: Any, timeout_s: float, what: str) -> Any:
-        """Await a handle's response for at most `timeout_s`; on timeout the call is cancelled
-        (a call still queued for a replica that is being replaced never runs) and Unavailable."""
+    async def _within(
+        response: Any, timeout_s: float, what: str, late: type[ShipyardError] = Unavailable
+    ) -> Any:
+        """Await a handle's response for at most `timeout_s`; past it the call is cancelled (a
+        call still queued for a replica that is being replaced never runs) and `late` raised."""
         try:
             return await asyncio.wait_for(_awaitable(response), timeout_s)
         except asyncio.TimeoutError:
             response.cancel()
-            raise Unavailable(f"the {what} did not answer within {timeout_s:g} s") from None
+            raise late(f"the {what} did not answer within {timeout_s:g} s") from None
 
     async def _health_loop(self) -> None:
         while True:
@@ -438,10 +440,8 @@ class Router:
         Unavailable, and the variant's own typed errors (a record it refused) pass through."""
         response = getattr(self.models[variant], method).remote(arg)
         try:
-            return await asyncio.wait_for(_awaitable(response), self.cfg.limits.timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()
-            raise UpstreamTimeout(f"variant {variant!r}: model timed out") from None
+            what = f"model of variant {variant!r}"
+            return await self._within(response, self.cfg.limits.timeout_s, what, UpstreamTimeout)
         except ShipyardError:
             raise
         except Exception as err:
@@ -508,7 +508,7 @@ class Router:
             if fallback and variant in self.down:
                 raise NotLoaded(self.down[variant])
             out = await self._call(variant, "predict", instances)
-        except (Unavailable, NotLoaded) as err:
+        except Unavailable as err:  # NotLoaded included
             if not fallback:
                 self._count(record, status_of(err), t0)
                 raise self._tag(err, variant, rid) from None
@@ -676,9 +676,8 @@ class Router:
                 f"no drift actor for variant {variant!r}; variants: {sorted(self.drifts)}"
             )
         try:
-            data = await asyncio.wait_for(
-                _awaitable(self.drifts[variant].report_data.remote()), self.cfg.limits.timeout_s
-            )
+            response = self.drifts[variant].report_data.remote()
+            data = await self._within(response, self.cfg.limits.timeout_s, "drift actor")
         except Exception as err:
             logger.warning("drift report of %s unavailable: %s", variant, err)
             raise Unavailable(f"drift actor of {variant!r} unavailable; retry shortly") from None

@@ -123,6 +123,18 @@ class ShadowStats:
         }
 
 
+def _index_entry(r: dict[str, Any]) -> dict[str, Any]:
+    """What the index keeps of an answered request (from the router, or from the request log)."""
+    return {
+        "variant": r["variant"],
+        "version": r.get("version"),
+        "pred": r.get("pred"),
+        "ab": bool(r.get("ab", True)),
+        "key": r.get("key"),
+        "ts": r.get("ts"),
+    }
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -369,14 +381,7 @@ class Experiment:
         pred = r.get("pred")
         if ab and pred is not None and math.isfinite(pred):
             st.predictions.push(pred)
-        self.index[r["id"]] = {
-            "variant": r["variant"],
-            "version": r.get("version"),
-            "pred": pred,
-            "ab": ab,
-            "key": r.get("key"),
-            "ts": r.get("ts", self.clock()),
-        }
+        self.index[r["id"]] = _index_entry({**r, "ts": r.get("ts", self.clock())})
         while len(self.index) > self.max_index:
             self.index.popitem(last=False)
         if r["id"] in self.pending:
@@ -689,14 +694,7 @@ class Experiment:
                 self.stats[n].load(d)
         # Only what the index holds: the newest max_index requests and the outcomes given since.
         for r in self.logs["requests"].tail(self.max_index):
-            self.index[r["id"]] = {
-                "variant": r["variant"],
-                "version": r.get("version"),
-                "pred": r.get("pred"),
-                "ab": r.get("ab", True),
-                "key": r.get("key"),
-                "ts": r.get("ts"),
-            }
+            self.index[r["id"]] = _index_entry(r)
         for r in self.logs["feedback"].tail(self.max_index):
             if r["id"] in self.index:
                 self.index[r["id"]]["outcome"] = r["outcome"]
