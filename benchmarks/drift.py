@@ -187,7 +187,7 @@ def ingest_speed(
                 {"model": "bench", "variants": [{"name": "control", "version": 1, "weight": 1}],
                  "drift": {"window_rows": settings.window_rows}}
             )  # fmt: skip
-            app = AppSettings(config=config, versions={"control": 1}, state_dir=tmp,
+            app = AppSettings(config=config, versions={"control": 1}, state_uri=tmp, review_dir=tmp,
                               events_path=f"{tmp}/events.jsonl")  # fmt: skip
             actor: Any = ray.remote(num_cpus=0)(DriftActor).remote(
                 app, "control", loader=lambda *_: bundle

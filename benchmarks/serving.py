@@ -218,7 +218,7 @@ def run_serve(
                 {"name": "control", "version": "champion", "weight": 50, "num_replicas": 1},
                 {"name": "treatment", "version": "challenger", "weight": 50, "num_replicas": 1},
             ],
-            "state_dir": str(home / "serving"),
+            "state_uri": str(home / "serving"),
             "limits": {"max_instances": max(1000, batch)},
         }
         serve.run(build_app(args), name="shipyard", route_prefix="/shipyard")
@@ -228,7 +228,7 @@ def run_serve(
         )
         # Drift logging's cost: the same app with drift actors off, deployed beside it, the two
         # measured in turns (on, off, on, off) so that machine noise falls on both alike.
-        off = {**args, "state_dir": str(home / "serving-nodrift"), "drift": {"enabled": False}}
+        off = {**args, "state_uri": str(home / "serving-nodrift"), "drift": {"enabled": False}}
         serve.run(build_app(off), name="nodrift", route_prefix="/nodrift")
         turns: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
         for _ in range(DRIFT_TURNS):

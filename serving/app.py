@@ -9,6 +9,7 @@ one `AppSettings`.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from typing import Any
 
@@ -22,9 +23,10 @@ from serving.router import Ingress
 from serving.settings import AppSettings
 from serving.store import ExperimentStore
 from shipyard.config.serving import ServingConfig, Variant, load_serving_args, safe_name
-from shipyard.contract import project_root
+from shipyard.contract import STATE_URI_ENV, project_root
 from shipyard.monitoring.retrain import resolve_job_config
 from shipyard.registry import Registry, resolve_tracking_uri, shipyard_home
+from shipyard.storage import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +61,18 @@ def app_settings(cfg: ServingConfig) -> AppSettings:
     """Resolve and verify the versions, and decide where state and events go."""
     tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
     home = shipyard_home()
+    local = home / "serving" / safe_name(cfg.model)
+    uri = cfg.state_uri
+    if uri is None and os.environ.get(STATE_URI_ENV):
+        uri = f"{os.environ[STATE_URI_ENV].rstrip('/')}/{safe_name(cfg.model)}"
+    state = StateDir(uri or local)  # ConfigError naming state_uri if it cannot be opened
+    state.list()  # reachable now (StorageError, a clear 503-class error, before any deploy)
     return AppSettings(
         config=cfg,
         versions=resolve_versions(cfg, Registry(tracking_uri)),
         tracking_uri=tracking_uri,
-        state_dir=cfg.state_dir or str(home / "serving" / safe_name(cfg.model)),
+        state_uri=state.uri,
+        review_dir=str(state.local_path() or local),
         events_path=str(home / "events.jsonl"),
     )
 

@@ -18,23 +18,22 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from serving.settings import AppSettings
+from shipyard.errors import StorageError
 from shipyard.events import EventLog
 from shipyard.monitoring.drift import PREDICTION, DriftMonitor, Reference
 from shipyard.monitoring.performance import PerformanceMonitor
 from shipyard.monitoring.retrain import drift_kinds
 from shipyard.monitoring.review import ReviewSampler, queue_path
 from shipyard.registry import Loader, registry_loader
-from shipyard.storage import write_atomic
+from shipyard.storage import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -166,13 +165,15 @@ class DriftActor:
                                perf.min_outcomes, perf.max_drop, perf.alpha)
             if perf.outcome_is_label else None
         )  # fmt: skip
-        rv, state_dir = cfg.review, app.state_dir
+        rv = cfg.review
         self.review = (
-            ReviewSampler(queue_path(state_dir, self.version), rv.band, rv.sample_rate, rv.max_rows)
+            ReviewSampler(queue_path(app.review_dir, self.version), rv.band, rv.sample_rate,
+                          rv.max_rows)
             if rv.enabled and evaluation["task"] == "binary" else None
         )  # fmt: skip
         self.checkpoint_s = section.checkpoint_s
-        self.state_path = Path(state_dir) / "drift" / f"{variant}-v{self.version}.json"
+        self.state = StateDir(app.state_uri).child("drift")
+        self.state_name = f"{variant}-v{self.version}.json"
         self.events = EventLog(app.events_path)
         self.retrain = retrain
         self._notices: set[asyncio.Task[None]] = set()
@@ -187,18 +188,20 @@ class DriftActor:
 
     # -- state --
     def _restore(self) -> None:
-        if not self.state_path.exists():
+        raw = self.state.read(self.state_name)  # StorageError: not started, Serve retries
+        if raw is None:
             return
         try:
-            state = json.loads(self.state_path.read_text())
+            state = json.loads(raw)
             self.monitor.restore(state["monitor"])
             self.dropped = {str(k): int(v) for k, v in state.get("dropped", {}).items()}
             if self.performance is not None and state.get("performance"):
                 self.performance.restore(state["performance"])
-        except (OSError, ValueError, KeyError) as err:  # keep the file for a person to look at
-            bad = self.state_path.with_suffix(".unreadable.json")
-            os.replace(self.state_path, bad)
-            logger.warning("drift state %s unreadable (%s); moved to %s", self.state_path, err, bad)
+        except (ValueError, KeyError) as err:  # keep the file for a person to look at
+            bad = self.state_name.replace(".json", ".unreadable.json")
+            self.state.write(bad, raw)
+            self.state.delete([self.state_name])
+            logger.warning("drift state %s unreadable (%s); kept as %s", self.state_name, err, bad)
             return
         self.restored_from = {"rows": self.monitor.total_rows, "windows": self.monitor.windows}
         logger.info("drift %s v%d resumed: %s", self.variant, self.version, self.restored_from)
@@ -216,7 +219,11 @@ class DriftActor:
                  "saved_at": time.time(), "monitor": self.monitor.state(),
                  "dropped": self.dropped,
                  "performance": self.performance.state() if self.performance else None}  # fmt: skip
-        write_atomic(self.state_path, json.dumps(state, default=float))
+        try:
+            self.state.write(self.state_name, json.dumps(state, default=float))
+        except StorageError as err:  # kept dirty: the next checkpoint writes it
+            logger.warning("drift state not saved (retried next checkpoint): %s", err)
+            return
         self._dirty = False
         self._saved_at = time.monotonic()
 

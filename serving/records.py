@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,9 +38,13 @@ class RecordBuffer:
         self.dropped = 0
 
     def add(self, kind: str = "req", **fields: Any) -> None:
+        """Every row has an id (a request's own; a fresh one for a shadow answer), so the store
+        counts a row that was sent twice once."""
         row = {"t": kind, **fields}
         if kind == "req":
             row["ts"] = time.time()
+        else:
+            row.setdefault("id", f"{kind}-{uuid.uuid4().hex}")
         self.rows.append(row)
 
     async def run(self) -> None:

@@ -34,6 +34,7 @@ from shipyard.monitoring.retrain import (
     resolve_job_config,
     with_canary,
 )
+from shipyard.storage import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +136,9 @@ class RetrainCoordinator:
         self.cfg = app.config
         self.section = self.cfg.retrain
         self.versions = dict(app.versions)
-        self.state_dir = Path(app.state_dir)
+        self.state = StateDir(app.state_uri)
         self.retrainer = Retrainer(
-            self.cfg.model,
-            self.section,
-            self.state_dir / "retrain.json",
-            enabled=self.cfg.on_drift == "retrain",
+            self.cfg.model, self.section, self.state, enabled=self.cfg.on_drift == "retrain"
         )
         self.events = EventLog(app.events_path)
         self.store = store
@@ -279,9 +277,9 @@ class RetrainCoordinator:
             for d in app.get("deployments", []):  # a router user_config override would win
                 if d.get("name") == "router" and "user_config" in d:
                     d["user_config"] = new_cfg.traffic()
-            path = self.state_dir / "retrain" / f"{r['id']}-serve-config.yaml"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            rel = f"retrain/{r['id']}-serve-config.yaml"  # what was deployed, for a person
+            self.state.write(rel, yaml.safe_dump(config, sort_keys=False))
+            path = self.state.path(rel)
             await asyncio.to_thread(self.deployer.deploy, config)
         except Exception as err:
             logger.exception("deploying retrain request %s failed", r["id"])

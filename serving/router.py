@@ -51,6 +51,7 @@ from shipyard.errors import (
     NotLoaded,
     PayloadTooLarge,
     ShipyardError,
+    StorageError,
     Unauthorized,
     Unavailable,
     UpstreamTimeout,
@@ -460,6 +461,8 @@ class Router:
         try:
             response = getattr(self.store, method).remote(*args)
             return await self._within(response, timeout_s, "experiment store")
+        except StorageError:  # the store is up; storage refused a write: nothing was changed
+            raise
         except Unavailable:
             self.store_away = "not answering (restarting?)"
             raise Unavailable("experiment store unavailable; retry shortly") from None

@@ -20,7 +20,11 @@ class AppSettings(Strict):
         description="Variant -> registered version number (aliases pinned when the app was built)."
     )
     tracking_uri: str | None = Field(None, description="MLflow tracking store of the registry.")
-    state_dir: str = Field(description="Where this app's serving state lives.")
+    state_uri: str = Field(description="Where this app's serving state lives (path or URI).")
+    review_dir: str = Field(
+        description="Local folder of the review queue (a CSV a person edits): under state_uri "
+        "when that is a local path, else under $SHIPYARD_HOME/serving/<model>."
+    )
     events_path: str = Field(description="The event log (JSON lines).")
 
     @property

@@ -69,6 +69,29 @@ def cluster(home: Path, job_env: dict[str, str]) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An S3-compatible server of this session's own (moto's standalone server, 127.0.0.1)."""
+    from tests.s3server import MotoServer
+
+    with MotoServer(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_uri(s3_server: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A fresh prefix in the test bucket, with the environment that reaches it."""
+    import re
+    import uuid
+
+    from tests.s3server import BUCKET
+
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[:40]
+    return f"s3://{BUCKET}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
 def dataset(home: Path) -> Path:
     from shipyard.demo import datagen
 

@@ -78,6 +78,16 @@ class Unavailable(ShipyardError):
     retrying shortly may succeed."""
 
 
+class StorageError(Unavailable):
+    """State storage (`state_uri`: a disk or an object store) refused a read or a write; what the
+    call would have changed was not changed, so retrying it is safe."""
+
+
+class StaleState(Unavailable):
+    """Storage holds older state than this app is known to have written (a node-local
+    `state_uri` read on another node): refused, rather than resuming from the past."""
+
+
 class NotLoaded(Unavailable):
     """A variant could not load its version (corrupt or missing bundle, registry down); the
     message says why. The router takes the variant out of routing until it loads."""

@@ -1,74 +1,242 @@
-"""Writing state so that a crash leaves the old version or the new one, never half of either, and
-logs that stay bounded."""
+"""Serving state by URI: a folder on a local disk or on an object store, written so that a crash
+leaves the old version of a file or the new one, never half of either.
+
+`StateDir` names the folder (`/var/lib/shipyard`, `s3://bucket/prefix`, `gs://bucket/prefix`)
+and reaches it through pyarrow's filesystems, as training checkpoints are; credentials and the
+endpoint come from the usual environment (`AWS_ENDPOINT_URL` for an S3-compatible server). Every
+write replaces one whole file: a temporary file renamed over it on a disk, one object put on an
+object store (an object is visible whole or not at all). Nothing is appended in place, because
+object stores cannot append.
+
+`Journal` is a numbered write-ahead log made of such files: each entry is one file, so an entry
+that was acknowledged is on storage; compaction merges the entries a snapshot covers into one
+segment and deletes them, so the number of files stays bounded.
+"""
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import json
+import logging
 import os
+import re
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically: a crash leaves the old file or the new, never half."""
+from shipyard.errors import ConfigError, StorageError
+
+logger = logging.getLogger(__name__)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Replace `path` atomically: a crash leaves the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-class JsonLines:
-    """An append-only JSON-lines log kept in segments, so that neither disk nor a restart grows
-    with its history: `path` takes lines until it holds `max_bytes`, then becomes `path.1` (older
-    segments shift up; beyond `keep` they are deleted). `tail(n)` reads the newest segments only,
-    as many as hold the last `n` lines."""
+class StateDir:
+    """A folder of state named by a local path or an object-store URI."""
 
-    def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.keep = keep
+    def __init__(self, uri: str | os.PathLike[str], *, _fs: pafs.FileSystem | None = None) -> None:
+        text = os.fspath(uri)
+        if _fs is not None:
+            self.uri, self.fs, self.root = text, _fs, text.split("://", 1)[-1].rstrip("/")
+        else:
+            if "://" not in text:
+                text = str(Path(text).expanduser().resolve())
+            try:
+                fs, root = pafs.FileSystem.from_uri(text)
+            except (pa.ArrowInvalid, OSError, ValueError) as err:
+                raise ConfigError(
+                    f"state_uri: cannot open {os.fspath(uri)!r} ({err}); accepted: a local path, "
+                    "s3://bucket/prefix or gs://bucket/prefix"
+                ) from None
+            self.uri, self.fs, self.root = text, fs, root.rstrip("/")
+            if not self.root:
+                raise ConfigError(
+                    f"state_uri: {text!r} names no bucket; accepted: s3://bucket/prefix, "
+                    "gs://bucket/prefix or a local path"
+                )
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
-    def segments(self) -> list[Path]:
-        """Newest first."""
-        older = [self.path.with_name(f"{self.path.name}.{i}") for i in range(1, self.keep + 1)]
-        return [p for p in [self.path, *older] if p.exists()]
+    def __repr__(self) -> str:
+        return f"StateDir({self.uri!r})"
 
-    def append(self, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+    def child(self, rel: str) -> StateDir:
+        root = f"{self.root}/{rel}"
+        scheme = "" if self.local else f"{self.uri.split('://', 1)[0]}://"
+        sub = StateDir(f"{scheme}{root}", _fs=self.fs)
+        sub.root = root
+        return sub
+
+    def path(self, rel: str = "") -> str:
+        """The filesystem path of `rel` (what pyarrow, Ray Data and pandas take with `fs`)."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def local_path(self, rel: str = "") -> Path | None:
+        return Path(self.path(rel)) if self.local else None
+
+    def write(self, rel: str, data: str | bytes) -> None:
+        """Replace `rel` whole; StorageError if storage refused it (nothing was changed)."""
+        try:
+            if self.local:
+                write_atomic(Path(self.path(rel)), data)
+            else:
+                with self.fs.open_output_stream(self.path(rel)) as fh:
+                    fh.write(data.encode() if isinstance(data, str) else data)
+        except OSError as err:
+            raise StorageError(f"could not write {self.uri}/{rel}: {err}") from None
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """One Parquet file, replaced whole (a local file is written aside and renamed)."""
+        try:
+            if self.local:
+                dest = Path(self.path(rel))
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.tmp")
+                pq.write_table(table, tmp)
+                os.replace(tmp, dest)
+            else:
+                pq.write_table(table, self.path(rel), filesystem=self.fs)
+        except OSError as err:
+            raise StorageError(f"could not write {self.uri}/{rel}: {err}") from None
+
+    def read(self, rel: str) -> bytes | None:
+        """The bytes of `rel`, or None where it does not exist."""
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as fh:
+                data: bytes = fh.read()
+                return data
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StorageError(f"could not read {self.uri}/{rel}: {err}") from None
+
+    def list(self, rel: str = "") -> list[str]:
+        """Names of the files directly under `rel`, sorted (temporary files left out)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        except OSError as err:
+            raise StorageError(f"could not list {self.uri}/{rel}: {err}") from None
+        return sorted(
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.File and not i.base_name.startswith(".")
+        )
+
+    def delete(self, rels: Iterable[str]) -> None:
+        try:
+            for rel in rels:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.delete_file(self.path(rel))
+        except OSError as err:
+            raise StorageError(f"could not delete under {self.uri}: {err}") from None
+
+
+_SINGLE = re.compile(r"^(\d{12})\.json$")
+_SEGMENT = re.compile(r"^(\d{12})-(\d{12})\.jsonl$")
+
+
+class Journal:
+    """A write-ahead log of numbered entries in a `StateDir`.
+
+    `append` writes one entry as one file (`<seq>.json`) and only then returns its number, so a
+    caller that acknowledges after `append` never acknowledges what storage does not hold.
+    `compact(upto)` merges the single entries numbered up to `upto` (those a snapshot covers)
+    into one segment (`<first>-<last>.jsonl`), written from memory, then deletes them; a crash in
+    between leaves both, and `load` reads each entry once. `trim` drops the oldest segments while
+    the newer ones still weigh `keep` (e.g. hold that many requests).
+    """
+
+    def __init__(self, folder: StateDir) -> None:
+        self.dir = folder
+        self.seq = 0
+        self._singles: list[dict[str, Any]] = []  # written, not yet compacted
+        self._segments: list[tuple[str, int]] = []  # (file name, weight), oldest first
+
+    def load(self, weight: Callable[[dict[str, Any]], int] = lambda e: 1) -> list[dict[str, Any]]:
+        """Every entry on storage, oldest first; also where the next `append` continues."""
+        entries: dict[int, dict[str, Any]] = {}
+        self._singles, self._segments = [], []
+        names = self.dir.list()
+        for name in names:
+            if _SEGMENT.match(name):
+                rows = [json.loads(x) for x in (self.dir.read(name) or b"").splitlines() if x]
+                entries.update((int(e["seq"]), e) for e in rows)
+                self._segments.append((name, sum(weight(e) for e in rows)))
+        segmented = set(entries)
+        stale = []
+        for name in names:
+            m = _SINGLE.match(name)
+            if not m:
+                continue
+            if int(m.group(1)) in segmented:  # compacted, its delete did not happen
+                stale.append(name)
+                continue
+            raw = self.dir.read(name)
+            if raw is None:
+                continue
+            entry = json.loads(raw)
+            entries[int(entry["seq"])] = entry
+            self._singles.append(entry)
+        if stale:
+            self._delete(stale)
+        self._singles.sort(key=lambda e: int(e["seq"]))
+        self.seq = max(entries, default=0)
+        return [entries[k] for k in sorted(entries)]
+
+    def append(self, entry: dict[str, Any]) -> int:
+        """Write the next entry; StorageError (and nothing written) if storage refused it."""
+        seq = self.seq + 1
+        entry = {"seq": seq, **entry}
+        self.dir.write(f"{seq:012d}.json", json.dumps(entry, default=str))
+        self.seq = seq
+        self._singles.append(entry)
+        return seq
+
+    @property
+    def pending(self) -> int:
+        """Single-entry files not yet merged into a segment."""
+        return len(self._singles)
+
+    def compact(self, upto: int, weight: Callable[[dict[str, Any]], int] = lambda e: 1) -> None:
+        covered = [e for e in self._singles if int(e["seq"]) <= upto]
+        if not covered:
             return
-        with self.path.open("a") as fh:
-            fh.write("".join(json.dumps(r, default=str) + "\n" for r in rows))
-            full = fh.tell() >= self.max_bytes
-        if full:
-            self._rotate()
+        first, last = int(covered[0]["seq"]), int(covered[-1]["seq"])
+        name = f"{first:012d}-{last:012d}.jsonl"
+        self.dir.write(name, "".join(json.dumps(e, default=str) + "\n" for e in covered))
+        self._singles = [e for e in self._singles if int(e["seq"]) > upto]
+        self._segments.append((name, sum(weight(e) for e in covered)))
+        self._delete([f"{int(e['seq']):012d}.json" for e in covered])
 
-    def _rotate(self) -> None:
-        oldest = self.path.with_name(f"{self.path.name}.{self.keep}")
-        oldest.unlink(missing_ok=True)
-        for i in range(self.keep - 1, 0, -1):
-            seg = self.path.with_name(f"{self.path.name}.{i}")
-            if seg.exists():
-                os.replace(seg, self.path.with_name(f"{self.path.name}.{i + 1}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-
-    def tail(self, n: int) -> list[dict[str, Any]]:
-        """The last `n` rows, oldest first; a torn last line (a crash mid-write) is skipped."""
-        chunks: list[list[dict[str, Any]]] = []
-        wanted = n
-        for seg in self.segments():
-            if wanted <= 0:
+    def trim(self, keep: int) -> None:
+        """Delete the oldest segments that the newer ones make unnecessary."""
+        total, cut = 0, 0
+        for i in range(len(self._segments) - 1, -1, -1):
+            total += self._segments[i][1]
+            if total >= keep:
+                cut = i
                 break
-            with seg.open() as fh:
-                lines = collections.deque(fh, maxlen=wanted)
-            rows = []
-            for line in lines:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-            chunks.append(rows)
-            wanted -= len(rows)
-        return [row for rows in reversed(chunks) for row in rows]
+        if cut > 0:
+            old, self._segments = self._segments[:cut], self._segments[cut:]
+            self._delete([name for name, _ in old])
+
+    def _delete(self, names: list[str]) -> None:
+        try:
+            self.dir.delete(names)
+        except StorageError as err:  # harmless: load() reads each entry once
+            logger.warning("journal: %s (will be tidied at the next load)", err)

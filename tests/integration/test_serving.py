@@ -74,7 +74,7 @@ def app_args(home: Path, **extra: Any) -> dict[str, Any]:
             {"name": "mirror", "version": "challenger", "shadow": 50, "num_replicas": 1, "num_cpus": 0,
              "faults": {"latency_ms": 3000, "error_rate": 0.3}},
         ],
-        "state_dir": str(home / "serving-state"),
+        "state_uri": str(home / "serving-state"),
         "guardrails": {"min_requests": 60, "max_error_rate_delta": 0.05},
         "ab": {"min_outcomes": 50},
         "limits": {"max_body_bytes": 65536, "max_instances": 100},

@@ -111,7 +111,8 @@ def actor(bundle: Path, tmp_path: Path, retrain: Any = None, **sections: Any) ->
         {"model": "churn", "variants": [{"name": "control", "version": 3, "weight": 100}],
          "drift": {"window_rows": 2000, "checkpoint_s": 0.1}, **sections}
     )  # fmt: skip
-    app = AppSettings(config=config, versions={"control": 3}, state_dir=str(tmp_path / "state"),
+    app = AppSettings(config=config, versions={"control": 3}, state_uri=str(tmp_path / "state"),
+                      review_dir=str(tmp_path / "state"),
                       events_path=str(tmp_path / "events.jsonl"))  # fmt: skip
     return DriftActor(
         app,

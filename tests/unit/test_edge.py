@@ -26,7 +26,6 @@ from shipyard.bundle.graph import build_onnx
 from shipyard.config.serving import ServingConfig
 from shipyard.demo import datagen
 from shipyard.errors import ArtifactError, NotLoaded
-from shipyard.storage import JsonLines
 from tests.unit.test_onnx_model import make
 from tests.unit.test_router import Aliases, Handle
 
@@ -76,7 +75,8 @@ class App:
         )  # fmt: skip
         self.cfg = cfg
         versions = {"control": 1, "treatment": 2}
-        settings = AppSettings(config=cfg, versions=versions, state_dir=str(tmp / "state"),
+        settings = AppSettings(config=cfg, versions=versions, state_uri=str(tmp / "state"),
+                               review_dir=str(tmp / "state"),
                                events_path=str(tmp / "events.jsonl"))  # fmt: skip
         self.aliases = Aliases()
         self.aliases.table = {"champion": 1, "challenger": 2}
@@ -370,28 +370,6 @@ def test_pending_feedback_is_capped_oldest_dropped_and_counted(
         report = client.get("/ab").json()
     assert report["feedback_pending"] == 5 and report["feedback_dropped"] == 3
     assert list(app.store.experiment.pending) == [f"id{i}" for i in range(3, 8)]
-
-
-def test_logs_rotate_and_a_restart_reads_only_the_newest_segments(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = JsonLines(tmp_path / "requests.jsonl", max_bytes=2000, keep=3)
-    for i in range(400):
-        log.append([{"id": f"r{i:04d}", "variant": "control"}])
-    segments = log.segments()
-    assert len(segments) == 4 and all(p.stat().st_size < 2100 for p in segments)
-    assert sum(1 for p in segments for _ in p.open()) < 400  # the oldest rows were deleted
-    opened: list[str] = []
-    real_open = Path.open
-
-    def spy(self: Path, *args: Any, **kwargs: Any) -> Any:
-        opened.append(self.name)
-        return real_open(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "open", spy)
-    tail = log.tail(10)
-    assert [r["id"] for r in tail] == [f"r{i:04d}" for i in range(390, 400)]
-    assert opened == ["requests.jsonl"] or opened == ["requests.jsonl", "requests.jsonl.1"]
 
 
 # --- API keys on the data routes -------------------------------------------------------------

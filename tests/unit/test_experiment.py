@@ -13,6 +13,7 @@ from shipyard.ab.experiment import Experiment
 from shipyard.config.serving import ServingConfig, TrafficUpdate, parse_serving_config
 from shipyard.errors import Conflict, InvalidInput, ModelNotFound
 from shipyard.events import EventLog
+from shipyard.storage import StateDir
 
 
 class FakeAliases:
@@ -67,7 +68,7 @@ def exp(tmp_path: Path) -> Experiment:
     return Experiment(
         config(),
         VERSIONS,
-        state_dir=tmp_path / "state",
+        state=StateDir(tmp_path / "state"),
         aliases=FakeAliases({"champion": 1, "challenger": 2}),
         events=EventLog(tmp_path / "events.jsonl"),
     )
@@ -200,7 +201,7 @@ def test_failed_registry_update_leaves_traffic_alone(exp: Experiment) -> None:
 
 
 def test_restart_resumes_split_statistics_and_joins(tmp_path: Path) -> None:
-    kw = {"state_dir": tmp_path / "s", "aliases": FakeAliases({"champion": 1})}
+    kw = {"state": StateDir(tmp_path / "s"), "aliases": FakeAliases({"champion": 1})}
     first = Experiment(config(), VERSIONS, **kw)  # type: ignore[arg-type]
     first.set_traffic(TrafficUpdate(weights={"treatment": 40}), source="test")
     recs = requests_for("treatment", 3)
@@ -213,9 +214,10 @@ def test_restart_resumes_split_statistics_and_joins(tmp_path: Path) -> None:
     assert again.feedback(recs[1]["id"], 0)["joined"]  # the index came back from the log
     with pytest.raises(Conflict):
         again.feedback(recs[0]["id"], 1)
-    # Different versions: a new experiment, the old one archived.
+    # Different versions: a new experiment beside the old one.
     other = Experiment(config(), {**VERSIONS, "treatment": 7}, **kw)  # type: ignore[arg-type]
-    assert other.config_version == 0 and list((tmp_path / "s").glob("experiment-*.json"))
+    other.ingest(requests_for("treatment", 1))
+    assert other.config_version == 0 and len(list((tmp_path / "s").glob("experiment-*"))) == 2
 
 
 def test_report_compares_treatment_with_control(exp: Experiment) -> None:
@@ -246,7 +248,10 @@ def test_outcomes_are_analysed_per_key_and_treatments_are_a_family(tmp_path: Pat
     three_arms = [{**VARIANTS[0], "weight": 50}, {**VARIANTS[1], "weight": 25},
                   {"name": "cand", "version": 3, "weight": 25}]  # fmt: skip
     exp = Experiment(
-        config(variants=three_arms), VERSIONS, state_dir=tmp_path / "s", aliases=FakeAliases({})
+        config(variants=three_arms),
+        VERSIONS,
+        state=StateDir(tmp_path / "s"),
+        aliases=FakeAliases({}),
     )
     # 40 keys per variant, 20 requests each; a key converts on all its requests or none.
     for variant, converting in (("control", 8), ("treatment", 12), ("cand", 8)):

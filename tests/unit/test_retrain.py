@@ -36,9 +36,7 @@ class Clock:
 
 
 def retrainer(tmp_path: Path, clock: Clock | None = None, **section: Any) -> Retrainer:
-    return Retrainer(
-        "churn", RetrainSection(**section), tmp_path / "retrain.json", clock=clock or Clock()
-    )
+    return Retrainer("churn", RetrainSection(**section), tmp_path / "state", clock=clock or Clock())
 
 
 def test_one_request_at_a_time_then_a_cooldown(tmp_path: Path) -> None:
@@ -64,7 +62,7 @@ def test_only_configured_drift_kinds_retrain(tmp_path: Path) -> None:
     r = retrainer(tmp_path)
     none, why = r.consider({**FEATURES, "kinds": {"quality": ["country"]}})
     assert none is None and "not in retrain.triggers" in why
-    off = Retrainer("churn", RetrainSection(), tmp_path / "x.json", enabled=False)
+    off = Retrainer("churn", RetrainSection(), tmp_path / "off", enabled=False)
     assert off.consider(FEATURES) == (None, "on_drift is alert")
 
 
@@ -235,7 +233,8 @@ def coordinator(tmp_path: Path, serve: FakeServe, jobs: FakeJobs, **versions: in
                           "data": "/data/fresh", "poll_s": 0.01}}  # fmt: skip
     app = AppSettings(config=ServingConfig.model_validate(config),
                       versions={"control": 1, "treatment": 2, "mirror": 2, **versions},
-                      state_dir=str(tmp_path), events_path=str(tmp_path / "events.jsonl"))  # fmt: skip
+                      state_uri=str(tmp_path), review_dir=str(tmp_path),
+                      events_path=str(tmp_path / "events.jsonl"))  # fmt: skip
     return RetrainCoordinator(app, Store(), jobs, serve, python="py")
 
 

@@ -87,7 +87,7 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClie
                       {"name": "treatment", "version": 2, "weight": 50}]}
     )  # fmt: skip
     versions = {"control": 1, "treatment": 2}
-    app = AppSettings(config=cfg, versions=versions, state_dir=str(tmp_path),
+    app = AppSettings(config=cfg, versions=versions, state_uri=str(tmp_path), review_dir=str(tmp_path),
                       events_path=str(tmp_path / "events.jsonl"))  # fmt: skip
     store = ExperimentStore(app, aliases=Aliases())
     models = {name: Handle(Model(name)) for name in versions}

@@ -1,22 +1,29 @@
 """The experiment store: live traffic split, per-variant statistics, feedback joins, guardrails.
 
 Pure Python (no Ray): the serving app runs one of these inside a single-replica deployment and
-the routers stream request records to it in batches. Traffic changes and statistics are saved
-to `state_dir` so that a restart resumes the same split and the same running statistics; every
-served request and every feedback is appended to JSON-lines logs first, so nothing is lost.
+the routers stream request records to it in batches.
+
+Durability (`state`, a local folder or an object store): every batch of request records and
+every feedback is written to the journal before it is applied or acknowledged; a snapshot of the
+split and the statistics, stamped with the journal entry it covers, is written every
+`snapshot_s` and at once on every traffic change. A restart loads the snapshot, rebuilds the
+join index from the journal, and replays the entries after it, so every acknowledged feedback
+and every answered request a router delivered is counted exactly once after any crash (routers
+deliver at least once; an id is counted once). A write that storage refuses is refused to the
+caller (StorageError, a 503) with nothing changed, so the retry is safe.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import copy
 import hashlib
 import json
 import logging
 import math
-import os
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,16 +32,19 @@ from shipyard.ab import statistics as abstats
 from shipyard.ab.routing import Allocation
 from shipyard.ab.statistics import KeyedOutcomes, Moments
 from shipyard.config.serving import ServingConfig, TrafficUpdate
-from shipyard.errors import Conflict, InvalidInput, ModelNotFound
+from shipyard.errors import Conflict, InvalidInput, ModelNotFound, StorageError
 from shipyard.events import EventLog
 from shipyard.multiplicity import holm
-from shipyard.storage import JsonLines
+from shipyard.storage import Journal, StateDir
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 2  # 2: outcomes also kept per key (unit of randomisation)
+STATE_FORMAT = 3  # 3: a snapshot names the journal entry it covers; pending feedback kept
 LATENCY_WINDOW = 20_000
 FEEDBACK_TTL_S = 600.0
+# What a traffic change touches: copied before, put back if its snapshot cannot be written.
+_TRAFFIC_STATE = ("weights", "shadow", "control", "deploy_hash", "allocation", "epoch", "shadows",
+                  "epoch_started", "config_version", "rolled_back", "stats")  # fmt: skip
 
 
 class AliasStore(Protocol):
@@ -112,6 +122,15 @@ class ShadowStats:
         self.abs_diff = Moments()
         self.latency = _Ring()
 
+    def to_json(self) -> dict[str, Any]:
+        keys = ("mirrored", "errors", "dropped", "agree", "compared")
+        return {**{k: getattr(self, k) for k in keys}, "abs_diff": self.abs_diff.to_json()}
+
+    def load(self, d: dict[str, Any]) -> None:
+        for k in ("mirrored", "errors", "dropped", "agree", "compared"):
+            setattr(self, k, int(d.get(k, 0)))
+        self.abs_diff = Moments.from_json(d["abs_diff"])
+
     def report(self) -> dict[str, Any]:
         return {
             "mirrored": self.mirrored,
@@ -135,6 +154,16 @@ def _index_entry(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _joinable(r: dict[str, Any]) -> bool:
+    """An answered request whose outcome can be joined: served by its own variant."""
+    return int(r.get("status", 200)) < 400 and r.get("blame") != "input" and not r.get("rerouted")
+
+
+def _weight(entry: dict[str, Any]) -> int:
+    """How many requests a journal entry holds (the journal keeps as many as the index)."""
+    return len(entry.get("rows", ())) or 1
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -152,20 +181,32 @@ class Experiment:
         cfg: ServingConfig,
         versions: dict[str, int],
         *,
-        state_dir: str | os.PathLike[str] | None = None,
+        state: StateDir | None = None,
         aliases: AliasStore | None = None,
         events: EventLog | None = None,
         clock: Callable[[], float] = time.time,
         max_index: int = 500_000,
+        snapshot_s: float = 2.0,
+        compact_entries: int = 100,
+        on_snapshot: Callable[[int], None] | None = None,
     ) -> None:
+        """`state`: where it persists (None: memory only). A snapshot is written at most every
+        `snapshot_s`; the journal entries it covers are merged once there are `compact_entries`;
+        `on_snapshot(seq)` is told the journal position of every snapshot written."""
         self.cfg = cfg
         self.versions = dict(versions)
         self.aliases = aliases
         self.events = events
         self.clock = clock
         self.max_index = max_index
-        self.state_dir = Path(state_dir) if state_dir else None
+        self.snapshot_s = snapshot_s
+        self.compact_entries = compact_entries
+        self.on_snapshot = on_snapshot
         self.identity = _hash({"model": cfg.model, "versions": self.versions})
+        # One folder per set of variants: a new set starts afresh, the old one stays as it was.
+        self.state = state.child(f"experiment-v{STATE_FORMAT}-{self.identity}") if state else None
+        self.journal = Journal(self.state.child("journal")) if self.state else None
+        self._outbox: list[tuple[str, dict[str, Any]]] = []  # events sent once a change is saved
         traffic = cfg.traffic()
         self.weights: dict[str, float] = dict(traffic["weights"])
         self.shadow: dict[str, float] = dict(traffic["shadow"])
@@ -180,20 +221,15 @@ class Experiment:
         self.shadows = {v.name: ShadowStats() for v in cfg.variants}
         self.msprt: dict[str, dict[str, float | None]] = {}
         self.index: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._depth = 0  # nesting of traffic changes (`_change`)
         self.pending: dict[str, tuple[float, float]] = {}
         self._unindexed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.feedback_unmatched = 0
         self.feedback_dropped = 0  # pending outcomes dropped over limits.max_pending_feedback
-        lim = cfg.limits
-        self.logs = {
-            name: JsonLines(self.state_dir / f"{name}.jsonl", lim.log_segment_bytes, lim.log_segments)
-            for name in ("requests", "feedback")
-            if self.state_dir is not None
-        }  # fmt: skip
         self.started = self.clock()
         self._saved = 0.0
-        if self.state_dir:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.restored: dict[str, int] | None = None  # what the last restart found
+        if self.state is not None:
             self._restore()
 
     # --- traffic ------------------------------------------------------------------------------
@@ -212,8 +248,39 @@ class Experiment:
             "salt": self.cfg.salt,
         }
 
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[None]:
+        """A traffic change is saved at once or undone: on a StorageError (or any error) every
+        field it touched is put back and its events are not sent. Changes nest (a rollback
+        sets traffic); the outermost one saves."""
+        self._depth += 1
+        if self._depth > 1:
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        before = copy.deepcopy({k: getattr(self, k) for k in _TRAFFIC_STATE})
+        try:
+            yield
+            self.save(force=True)
+        except BaseException:
+            for k, v in before.items():
+                setattr(self, k, v)
+            self._outbox.clear()
+            raise
+        finally:
+            self._depth -= 1
+        outbox, self._outbox = self._outbox, []
+        for kind, data in outbox:
+            self._send(kind, data)
+
     def set_traffic(self, update: TrafficUpdate, source: str) -> dict[str, Any]:
         """Change weights/shadow shares/control; buckets move only through control."""
+        with self._change():
+            return self._set_traffic(update, source)
+
+    def _set_traffic(self, update: TrafficUpdate, source: str) -> dict[str, Any]:
         names = list(self.weights)
         for field, mapping in (("weights", update.weights), ("shadow", update.shadow)):
             unknown = sorted(set(mapping) - set(names))
@@ -254,7 +321,6 @@ class Experiment:
             old=old,
             new={"weights": weights, "shadow": shadow, "control": control},
         )
-        self.save(force=True)
         return self.snapshot()
 
     def apply_deploy(self, traffic: dict[str, Any]) -> bool:
@@ -266,9 +332,9 @@ class Experiment:
         h = _traffic_hash(traffic)
         if h == self.deploy_hash:
             return False
-        self.set_traffic(TrafficUpdate.model_validate(traffic), source="serve deploy")
-        self.deploy_hash = h
-        self.save(force=True)
+        with self._change():
+            self.set_traffic(TrafficUpdate.model_validate(traffic), source="serve deploy")
+            self.deploy_hash = h
         return True
 
     def _new_epoch(self) -> None:
@@ -285,10 +351,12 @@ class Experiment:
         if self.weights.get(name, 0) <= 0:
             raise Conflict(f"variant {name!r} takes no live traffic; nothing to roll back")
         self._move_alias_off(name, "challenger")
-        self.set_traffic(TrafficUpdate(weights={name: 0.0}), source=source)
-        self.rolled_back[name] = reason
-        self._emit("canary_rolled_back", variant=name, version=self.versions[name], reason=reason)
-        self.save(force=True)
+        with self._change():
+            self.set_traffic(TrafficUpdate(weights={name: 0.0}), source=source)
+            self.rolled_back[name] = reason
+            self._emit(
+                "canary_rolled_back", variant=name, version=self.versions[name], reason=reason
+            )
         return self.snapshot()
 
     def promote(self, name: str, source: str) -> dict[str, Any]:
@@ -309,8 +377,9 @@ class Experiment:
                 self.aliases.delete_alias(self.cfg.model, "challenger")
         weights = {n: (100.0 if n == name else 0.0) for n in self.weights}
         shadow = {n: 0.0 for n in self.shadow if n == name}
-        self.set_traffic(TrafficUpdate(weights=weights, shadow=shadow, control=name), source)
-        self._emit("traffic_promoted", variant=name, version=version, source=source)
+        with self._change():
+            self.set_traffic(TrafficUpdate(weights=weights, shadow=shadow, control=name), source)
+            self._emit("traffic_promoted", variant=name, version=version, source=source)
         return self.snapshot()
 
     def _move_alias_off(self, name: str, alias: str) -> None:
@@ -325,29 +394,61 @@ class Experiment:
 
     # --- ingest -------------------------------------------------------------------------------
     def ingest(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Request and shadow records from routers; returns the guardrail actions taken."""
-        log_lines = []
-        for r in records:
-            kind = r.get("t")
-            if kind == "req":
-                self._ingest_request(r)
-                if r.get("status", 200) < 400:
-                    log_lines.append(r)
-            elif kind == "shadow":
-                self._ingest_shadow(r)
-        self._append("requests", log_lines)
+        """Request and shadow records from routers; returns the guardrail actions taken.
+
+        Journaled before they are applied: if storage refuses, nothing is applied and the
+        StorageError tells the router to send the batch again. Routers deliver at least once (a
+        flush that timed out is sent again); a request id is counted once.
+        """
+        fresh = [r for r in records if "id" not in r or not self._seen(r["id"])]
+        if fresh:
+            self._journal({"kind": "ingest", "rows": fresh})
+        self._apply_ingest(fresh, count=True)
         actions = self.check_guardrails()
         self.save()
         return actions
 
-    def _ingest_request(self, r: dict[str, Any]) -> None:
+    def _seen(self, request_id: str) -> bool:
+        return request_id in self.index or request_id in self._unindexed
+
+    def _apply_ingest(self, rows: list[dict[str, Any]], count: bool) -> None:
+        """`count=False`: only the join index (entries a snapshot already counted)."""
+        for r in rows:
+            kind = r.get("t")
+            if kind == "req":
+                self._ingest_request(r, count)
+            elif kind == "shadow" and not ("id" in r and self._seen(r["id"])):
+                if count:
+                    self._ingest_shadow(r)
+                if "id" in r:
+                    self._remember(r["id"])
+
+    def _ingest_request(self, r: dict[str, Any], count: bool) -> None:
         st = self.stats.get(r["variant"])
-        if st is None or r["id"] in self.index or r["id"] in self._unindexed:
-            return  # routers deliver at least once (a flush that timed out is sent again)
-        if int(r.get("status", 200)) >= 400:  # not joinable, but remembered for de-duplication
-            self._unindexed[r["id"]] = None
-            while len(self._unindexed) > self.max_index:
-                self._unindexed.popitem(last=False)
+        rid = r["id"]
+        if st is None or self._seen(rid):
+            return
+        if count:
+            self._tally(st, r)
+        if not _joinable(r):  # not joinable, but remembered for de-duplication
+            self._remember(rid)
+            return
+        self.index[rid] = _index_entry({**r, "ts": r.get("ts", self.clock())})
+        while len(self.index) > self.max_index:
+            self.index.popitem(last=False)
+        if rid in self.pending:
+            outcome, _ = self.pending.pop(rid)
+            self._join(rid, outcome, count)
+
+    def _remember(self, row_id: str) -> None:
+        """An id counted but not joinable (a failed request, a shadow answer)."""
+        self._unindexed[row_id] = None
+        while len(self._unindexed) > self.max_index:
+            self._unindexed.popitem(last=False)
+
+    @staticmethod
+    def _tally(st: VariantStats, r: dict[str, Any]) -> None:
+        """Count one answered request in its variant's statistics."""
         st.requests += 1
         status = int(r.get("status", 200))
         if 400 <= status < 500:
@@ -376,17 +477,9 @@ class Experiment:
         if r.get("rerouted"):  # counted for SRM (the key was assigned here), not joinable
             st.rerouted += 1
             return
-        if status >= 400:
-            return
         pred = r.get("pred")
-        if ab and pred is not None and math.isfinite(pred):
+        if status < 400 and ab and pred is not None and math.isfinite(pred):
             st.predictions.push(pred)
-        self.index[r["id"]] = _index_entry({**r, "ts": r.get("ts", self.clock())})
-        while len(self.index) > self.max_index:
-            self.index.popitem(last=False)
-        if r["id"] in self.pending:
-            outcome, _ = self.pending.pop(r["id"])
-            self._join(r["id"], outcome)
 
     def _ingest_shadow(self, r: dict[str, Any]) -> None:
         sh = self.shadows.get(r["variant"])
@@ -408,7 +501,8 @@ class Experiment:
 
     # --- feedback -----------------------------------------------------------------------------
     def feedback(self, request_id: str, outcome: float) -> dict[str, Any]:
-        """Join an observed outcome to the request it belongs to (or hold it until it arrives)."""
+        """Join an observed outcome to the request it belongs to (or hold it until it arrives).
+        Journaled before it is applied and acknowledged (StorageError: nothing stored)."""
         if self.cfg.ab.metric == "conversion" and outcome not in (0, 1):
             raise InvalidInput(
                 f"outcome: {outcome!r} is not a conversion; ab.metric is 'conversion', so "
@@ -417,15 +511,23 @@ class Experiment:
         entry = self.index.get(request_id)
         if request_id in self.pending or (entry is not None and "outcome" in entry):
             raise Conflict(f"request_id {request_id!r} already has an outcome")
-        self._append("feedback", [{"id": request_id, "outcome": outcome, "ts": self.clock()}])
+        ts = self.clock()
+        self._journal({"kind": "feedback", "id": request_id, "outcome": float(outcome), "ts": ts})
+        answer = self._apply_feedback(request_id, float(outcome), ts)
+        self.save()
+        return answer
+
+    def _apply_feedback(self, request_id: str, outcome: float, ts: float) -> dict[str, Any]:
+        entry = self.index.get(request_id)
         if entry is None:
             self._expire_pending()
-            self.pending[request_id] = (float(outcome), self.clock())
+            self.pending[request_id] = (outcome, ts)
             while len(self.pending) > self.cfg.limits.max_pending_feedback:
                 del self.pending[next(iter(self.pending))]  # the oldest
                 self.feedback_dropped += 1
             return {"request_id": request_id, "joined": False, "status": "pending"}
-        self._join(request_id, float(outcome))
+        if "outcome" not in entry:
+            self._join(request_id, outcome, count=True)
         return {
             "request_id": request_id,
             "joined": True,
@@ -435,10 +537,10 @@ class Experiment:
             "counted": entry["ab"],
         }
 
-    def _join(self, request_id: str, outcome: float) -> None:
+    def _join(self, request_id: str, outcome: float, count: bool) -> None:
         entry = self.index[request_id]
         entry["outcome"] = outcome
-        if entry["ab"]:
+        if entry["ab"] and count:
             st = self.stats[entry["variant"]]
             st.outcomes.push(outcome)
             st.keyed.push(entry.get("key"), outcome)
@@ -586,6 +688,7 @@ class Experiment:
             "feedback_pending": len(self.pending),
             "feedback_unmatched": self.feedback_unmatched,
             "feedback_dropped": self.feedback_dropped,
+            "store": self.storage_report(),
         }
 
     def _sequential_p(self, name: str) -> float | None:
@@ -635,17 +738,22 @@ class Experiment:
 
     # --- persistence --------------------------------------------------------------------------
     def _emit(self, kind: str, **data: Any) -> None:
+        """Events of a traffic change are sent once it is saved (`_change`)."""
+        if self._depth:
+            self._outbox.append((kind, data))
+        else:
+            self._send(kind, data)
+
+    def _send(self, kind: str, data: dict[str, Any]) -> None:
         if self.events is not None:
             self.events.emit(kind, model=self.cfg.model, **data)
 
-    def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
-        if name in self.logs:
-            self.logs[name].append(rows)
+    def _journal(self, entry: dict[str, Any]) -> None:
+        if self.journal is not None:
+            self.journal.append(entry)
 
-    def save(self, force: bool = False) -> None:
-        if self.state_dir is None or (not force and self.clock() - self._saved < 2.0):
-            return
-        state = {
+    def _state(self) -> dict[str, Any]:
+        return {
             "format": STATE_FORMAT,
             "identity": self.identity,
             "weights": self.weights,
@@ -659,25 +767,41 @@ class Experiment:
             "rolled_back": self.rolled_back,
             "msprt": self.msprt,
             "stats": {n: s.to_json() for n, s in self.stats.items()},
+            "shadows": {n: s.to_json() for n, s in self.shadows.items()},
+            "pending": {k: list(v) for k, v in self.pending.items()},
+            "feedback_unmatched": self.feedback_unmatched,
+            "feedback_dropped": self.feedback_dropped,
             "started": self.started,
         }
-        path = self.state_dir / "experiment.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)  # atomic: a crash leaves the old state or the new, never half
-        self._saved = self.clock()
 
-    def _restore(self) -> None:
-        assert self.state_dir is not None
-        path = self.state_dir / "experiment.json"
-        if not path.exists():
+    def save(self, force: bool = False) -> None:
+        """Write a snapshot stamped with the journal entry it covers (at most every
+        `snapshot_s` unless forced), then merge the entries it covers. A forced save (a traffic
+        change) raises StorageError if storage refuses; a periodic one only logs it, since the
+        journal already holds everything since the last snapshot."""
+        if self.state is None or self.journal is None:
             return
-        state = json.loads(path.read_text())
-        if state.get("format") != STATE_FORMAT or state.get("identity") != self.identity:
-            archived = path.with_name(f"experiment-{int(self.clock())}.json")
-            os.replace(path, archived)
-            logger.info("variants changed: previous experiment archived to %s", archived)
+        if not force and self.clock() - self._saved < self.snapshot_s:
             return
+        seq = self.journal.seq
+        try:
+            self.state.write("snapshot.json", json.dumps({**self._state(), "seq": seq}))
+        except StorageError as err:
+            if force:
+                raise
+            logger.warning("snapshot not written (the journal holds what came since): %s", err)
+            return
+        self._saved = self.clock()
+        if self.on_snapshot is not None:
+            self.on_snapshot(seq)
+        if self.journal.pending >= self.compact_entries:
+            try:
+                self.journal.compact(seq, _weight)
+                self.journal.trim(self.max_index)
+            except StorageError as err:
+                logger.warning("journal not compacted (retried after the next snapshot): %s", err)
+
+    def _load(self, state: dict[str, Any]) -> None:
         self.weights = state["weights"]
         self.shadow = state["shadow"]
         self.control = state["control"]
@@ -689,13 +813,52 @@ class Experiment:
         self.rolled_back = state["rolled_back"]
         self.msprt = state["msprt"]
         self.started = state["started"]
+        self.pending = {k: (float(v[0]), float(v[1])) for k, v in state["pending"].items()}
+        self.feedback_unmatched = int(state["feedback_unmatched"])
+        self.feedback_dropped = int(state["feedback_dropped"])
         for n, d in state["stats"].items():
             if n in self.stats:
                 self.stats[n].load(d)
-        # Only what the index holds: the newest max_index requests and the outcomes given since.
-        for r in self.logs["requests"].tail(self.max_index):
-            self.index[r["id"]] = _index_entry(r)
-        for r in self.logs["feedback"].tail(self.max_index):
-            if r["id"] in self.index:
-                self.index[r["id"]]["outcome"] = r["outcome"]
-        logger.info("experiment restored from %s (epoch %d)", path, self.epoch)
+        for n, d in state["shadows"].items():
+            if n in self.shadows:
+                self.shadows[n].load(d)
+
+    def _restore(self) -> None:
+        """Newest snapshot + the journal: entries it covers rebuild the join index only; the
+        entries after it are applied as they were the first time."""
+        assert self.state is not None and self.journal is not None
+        raw = self.state.read("snapshot.json")
+        entries = self.journal.load(_weight)
+        covered = 0
+        if raw is not None:
+            state = json.loads(raw)
+            self._load(state)
+            covered = int(state["seq"])
+        replayed = 0
+        for e in entries:
+            count = int(e["seq"]) > covered
+            replayed += count
+            if e["kind"] == "ingest":
+                self._apply_ingest(e["rows"], count)
+            elif count:
+                self._apply_feedback(e["id"], float(e["outcome"]), float(e["ts"]))
+            elif e["id"] in self.index:
+                self.index[e["id"]]["outcome"] = float(e["outcome"])
+        self.journal.seq = max(self.journal.seq, covered)
+        self.restored = {"snapshot_seq": covered, "replayed": replayed, "entries": len(entries)}
+        if raw is not None or entries:
+            logger.info("experiment restored from %s: %s", self.state, self.restored)
+        if replayed:
+            self.check_guardrails()
+            self.save(force=True)
+
+    def storage_report(self) -> dict[str, Any] | None:
+        """Where the state is and how far it has been written (GET /ab -> store)."""
+        if self.state is None or self.journal is None:
+            return None
+        return {
+            "state_uri": self.state.uri,
+            "journal_seq": self.journal.seq,
+            "journal_unmerged": self.journal.pending,
+            "restored": self.restored,
+        }

@@ -159,12 +159,6 @@ class Limits(Strict):
         description="Outcomes held for request ids not seen yet (they may still be in a "
         "router's buffer); beyond this the oldest are dropped and counted.",
     )
-    log_segment_bytes: PositiveInt = Field(
-        64 * 2**20, description="The request and feedback logs start a new segment at this size."
-    )
-    log_segments: PositiveInt = Field(
-        8, description="Segments kept per log beyond the current one; older ones are deleted."
-    )
 
 
 class DriftSection(DriftSettings):
@@ -288,8 +282,12 @@ class ServingConfig(Strict):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking/registry URI; MLFLOW_TRACKING_URI or the local store."
     )
-    state_dir: str | None = Field(
-        None, description="Where the experiment log lives; $SHIPYARD_HOME/serving/<model> if unset."
+    state_uri: str | None = Field(
+        None,
+        description="Where everything the app persists lives (split, statistics and their "
+        "journal, drift state, retrain requests): a local path or s3://bucket/prefix, "
+        "gs://bucket/prefix. Unset: $SHIPYARD_STATE_URI/<model>, else "
+        "$SHIPYARD_HOME/serving/<model>. On a cluster, an object store.",
     )
     admin_token_env: str = Field(
         "SHIPYARD_ADMIN_TOKEN",

@@ -26,9 +26,10 @@ from shipyard.config.serving import RetrainSection
 from shipyard.contract import TRAIN_MODULE
 from shipyard.errors import ConfigError, Conflict, NotFound
 from shipyard.monitoring.drift import PREDICTION
-from shipyard.storage import write_atomic
+from shipyard.storage import StateDir
 
 ACTIVE = ("submitting", "running", "awaiting_approval", "deploying")
+STATE_FILE = "retrain.json"  # under the app's state_uri
 DATA_BUG_FLAGS = {"missing_rate", "unseen_categories", "type_errors"}
 
 
@@ -124,24 +125,28 @@ class Retrainer:
         self,
         model: str,
         section: RetrainSection,
-        path: str | os.PathLike[str],
+        state: StateDir | str | os.PathLike[str],
         enabled: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`state`: the app's state folder (or its path/URI); the requests are `retrain.json`."""
         self.model = model
         self.section = section
         self.enabled = enabled
-        self.path = Path(path)
+        self.state = state if isinstance(state, StateDir) else StateDir(state)
         self.clock = clock
         self.requests: list[dict[str, Any]] = []
         self.skipped = 0
-        if self.path.exists():
-            state = json.loads(self.path.read_text())
-            self.requests = state.get("requests", [])
-            self.skipped = int(state.get("skipped", 0))
+        raw = self.state.read(STATE_FILE)
+        if raw is not None:
+            saved = json.loads(raw)
+            self.requests = saved.get("requests", [])
+            self.skipped = int(saved.get("skipped", 0))
 
     def save(self) -> None:
-        write_atomic(self.path, json.dumps({"requests": self.requests, "skipped": self.skipped}))
+        """StorageError if storage refused: the caller's change is then not acknowledged."""
+        data = json.dumps({"requests": self.requests, "skipped": self.skipped})
+        self.state.write(STATE_FILE, data)
 
     # -- deciding --
     def active(self) -> dict[str, Any] | None:

@@ -1,0 +1,309 @@
+"""Serving state by URI, on a local disk and on an S3 server of the tests' own (moto): atomic
+files, the journal, and the experiment store's exactly-once recovery after crashes at any write,
+compared with a store that never crashed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from shipyard.ab.experiment import Experiment
+from shipyard.config.serving import TrafficUpdate, parse_serving_config
+from shipyard.errors import ConfigError, Conflict, StaleState, StorageError
+from shipyard.events import EventLog
+from shipyard.storage import Journal, StateDir
+
+
+@pytest.fixture(params=["local", "s3"])
+def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "state")
+    return str(request.getfixturevalue("s3_uri"))
+
+
+# --- the folder --------------------------------------------------------------------------------
+def test_files_are_replaced_whole_and_listed(uri: str) -> None:
+    d = StateDir(uri)
+    assert d.read("a.json") is None and d.list() == []
+    d.write("a.json", '{"v": 1}')
+    d.write("a.json", b'{"v": 2}')
+    d.child("sub").write("b.json", "x")
+    assert json.loads(d.read("a.json") or b"") == {"v": 2}
+    assert d.list() == ["a.json"] and d.child("sub").list() == ["b.json"]
+    d.write_table("t/part-0.parquet", pa.table({"x": [1.5, None], "s": ["a", "b"]}))
+    frame = pd.read_parquet(d.path("t"), filesystem=d.fs)
+    assert frame["s"].tolist() == ["a", "b"]
+    d.delete(["a.json", "missing.json"])
+    assert d.read("a.json") is None
+    local = d.local_path()
+    if local is not None:  # no temporary file is left beside what was written
+        assert sorted(p.name for p in local.rglob("*") if p.is_file()) == [
+            "b.json",
+            "part-0.parquet",
+        ]
+
+
+@pytest.mark.parametrize("bad", ["nosuch://bucket/x", "s3://"])
+def test_an_unopenable_uri_names_state_uri(bad: str) -> None:
+    with pytest.raises(ConfigError, match="state_uri"):
+        StateDir(bad)
+
+
+def test_an_unreachable_object_store_is_a_storage_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shipyard.compute.localray import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing there
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    d = StateDir("s3://nobucket/state")
+    with pytest.raises(StorageError, match="could not write"):
+        d.write("a.json", "{}")
+
+
+# --- the journal -------------------------------------------------------------------------------
+def test_journal_compacts_covered_entries_and_keeps_what_the_index_needs(uri: str) -> None:
+    d = StateDir(uri).child("journal")
+    j = Journal(d)
+    for i in range(30):
+        j.append({"kind": "ingest", "rows": [{"id": i}]})
+    j.compact(20)
+    assert j.pending == 10 and len(d.list()) == 11  # one segment + 10 single entries
+    again = Journal(d)
+    assert [e["rows"][0]["id"] for e in again.load()] == list(range(30)) and again.seq == 30
+    for i in range(30, 120):
+        again.append({"kind": "ingest", "rows": [{"id": i}]})
+        if i % 10 == 9:
+            again.compact(again.seq)
+            again.trim(keep=25)
+    names = d.list()
+    assert len(names) <= 4, names  # bounded: segments holding at least 25 entries, no more
+    kept = [e["rows"][0]["id"] for e in Journal(d).load()]
+    assert kept == list(range(kept[0], 120)) and 25 <= len(kept) <= 40
+
+
+def test_a_crash_between_segment_and_delete_reads_each_entry_once(tmp_path: Path) -> None:
+    d = StateDir(tmp_path / "j")
+    j = Journal(d)
+    for i in range(5):
+        j.append({"n": i})
+    d.write("000000000001-000000000005.jsonl",
+            "".join(json.dumps({"seq": i + 1, "n": i}) + "\n" for i in range(5)))  # fmt: skip
+    again = Journal(d)
+    assert [e["n"] for e in again.load()] == [0, 1, 2, 3, 4]
+    assert d.list() == ["000000000001-000000000005.jsonl"]  # the leftovers were tidied
+
+
+# --- the experiment store ------------------------------------------------------------------------
+class Crash(BaseException):
+    """The process dies at a write: what was written before it is on storage, nothing after."""
+
+
+class Plan:
+    def __init__(self) -> None:
+        self.crash_in: int | None = None  # crash at the n-th write from now
+        self.refuse = False  # storage refuses writes (StorageError)
+        self.writes = 0
+
+    def tick(self) -> None:
+        self.writes += 1
+        if self.refuse:
+            raise StorageError("storage refused (test)")
+        if self.crash_in is not None:
+            self.crash_in -= 1
+            if self.crash_in <= 0:
+                self.crash_in = None
+                raise Crash()
+
+
+class FaultyDir(StateDir):
+    """A StateDir whose writes follow a Plan (children share it)."""
+
+    def __init__(self, inner: StateDir, plan: Plan) -> None:
+        super().__init__(inner.uri, _fs=inner.fs)
+        self.root, self.plan = inner.root, plan
+
+    def child(self, rel: str) -> StateDir:
+        return FaultyDir(super().child(rel), self.plan)
+
+    def write(self, rel: str, data: str | bytes) -> None:
+        self.plan.tick()
+        super().write(rel, data)
+
+    def delete(self, rels: Iterable[str]) -> None:
+        self.plan.tick()
+        super().delete(rels)
+
+
+VARIANTS = [
+    {"name": "control", "version": 1, "weight": 80},
+    {"name": "treatment", "version": 2, "weight": 20},
+    {"name": "shadowed", "version": 3, "shadow": 30},
+]
+VERSIONS = {"control": 1, "treatment": 2, "shadowed": 3}
+
+
+def cfg() -> Any:
+    # Guardrails off: their epoch counters restart with the process by design.
+    return parse_serving_config({"model": "m", "variants": VARIANTS, "ab": {"min_outcomes": 5},
+                                 "guardrails": {"enabled": False}})  # fmt: skip
+
+
+def durable(state: StateDir | None, **kw: Any) -> Experiment:
+    return Experiment(cfg(), VERSIONS, state=state, clock=lambda: 1000.0, compact_entries=7, **kw)
+
+
+def counters(e: Experiment) -> dict[str, Any]:
+    """Everything a restart must bring back exactly."""
+    return {
+        "snapshot": e.snapshot(),
+        "stats": {n: s.to_json() for n, s in e.stats.items()},
+        "shadow": {n: (s.mirrored, s.errors, s.agree) for n, s in e.shadows.items()},
+        "pending": dict(e.pending),
+        "joined": {k: v.get("outcome") for k, v in e.index.items()},
+        "msprt": e.msprt,
+    }
+
+
+def operations(rng: random.Random, n: int) -> list[tuple[str, Any]]:
+    """Request batches (some re-sent), feedback early and late, and traffic changes."""
+    ops: list[tuple[str, Any]] = []
+    served: list[str] = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.45:
+            rows = []
+            for j in range(rng.randint(1, 6)):
+                rid = f"r{i}-{j}"
+                variant = rng.choice(["control", "treatment"])
+                rows.append({"t": "req", "id": rid, "variant": variant,
+                             "version": VERSIONS[variant], "key": f"k{rng.randint(0, 30)}",
+                             "status": rng.choice([200] * 8 + [503, 422]), "pred": rng.random(),
+                             "latency_ms": 3.0, "ab": True})  # fmt: skip
+                served.append(rid)
+            if rng.random() < 0.3:
+                rows.append({"t": "shadow", "id": f"s{i}", "variant": "shadowed", "ok": True,
+                             "agree": True, "latency_ms": 4.0})  # fmt: skip
+            ops.append(("ingest", rows))
+            if rng.random() < 0.2:
+                ops.append(("ingest", rows))  # a flush whose answer was lost, sent again
+        elif roll < 0.85 and served:
+            rid = rng.choice(served)
+            ops.append(("feedback", (rid, float(rng.random() < 0.3))))
+        elif roll < 0.92:
+            ops.append(("feedback", (f"early-{i}", 1.0)))  # its request never arrives
+        else:
+            w = rng.choice([5.0, 20.0, 50.0])
+            ops.append(("traffic", {"weights": {"treatment": w, "control": 100 - w}}))
+    return ops
+
+
+def apply(e: Experiment, op: tuple[str, Any]) -> None:
+    kind, arg = op
+    if kind == "ingest":
+        e.ingest(arg)
+    elif kind == "feedback":
+        # Conflict: given twice by the client, or it was durable before a crash.
+        with contextlib.suppress(Conflict):
+            e.feedback(*arg)
+    else:
+        e.set_traffic(TrafficUpdate.model_validate(arg), source="test")
+
+
+@pytest.mark.parametrize(("backend", "n_ops", "seed"), [("local", 400, 0), ("local", 400, 1),
+                                                        ("s3", 120, 2)])  # fmt: skip
+def test_crashes_at_random_writes_count_every_acknowledged_call_exactly_once(
+    backend: str, n_ops: int, seed: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A client that got no answer (the process died at a write) sends the call again to the
+    restarted store, as routers and feedback clients do. After every crash, the restored store
+    and, at the end, its counters, split and joins equal those of a store that never crashed."""
+    rng = random.Random(seed)
+    root = StateDir(tmp_path / "s" if backend == "local" else request.getfixturevalue("s3_uri"))
+    plan = Plan()
+    live = durable(FaultyDir(root, plan))
+    reference = durable(None)
+    crashes = 0
+    for op in operations(rng, n_ops):
+        if rng.random() < 0.08:
+            plan.crash_in = rng.randint(1, 3)
+        while True:
+            try:
+                apply(live, op)
+                break
+            except Crash:
+                crashes += 1
+                live = durable(FaultyDir(root, plan))  # a new replica, from storage alone
+        apply(reference, op)
+    restarted = durable(root)
+    assert crashes >= 5
+    assert counters(restarted) == counters(reference)
+    assert counters(live) == counters(reference)
+    assert restarted.restored is not None and restarted.restored["entries"] > 0
+
+
+def test_a_refused_write_changes_nothing_and_its_retry_is_accepted(tmp_path: Path) -> None:
+    plan = Plan()
+    events = EventLog(tmp_path / "events.jsonl")
+    e = durable(FaultyDir(StateDir(tmp_path / "s"), plan), events=events)
+    e.ingest([{"t": "req", "id": "a", "variant": "control", "version": 1, "pred": 0.2}])
+    before = counters(e)
+    plan.refuse = True
+    with pytest.raises(StorageError):
+        e.feedback("a", 1.0)
+    with pytest.raises(StorageError):
+        e.ingest([{"t": "req", "id": "b", "variant": "control", "version": 1, "pred": 0.2}])
+    with pytest.raises(StorageError):  # its snapshot could not be written: the change is undone
+        e.set_traffic(TrafficUpdate(weights={"treatment": 50}), source="test")
+    assert counters(e) == before and events.read() == []
+    plan.refuse = False
+    assert e.feedback("a", 1.0)["joined"]  # not a 409: nothing of the refused call was kept
+    e.set_traffic(TrafficUpdate(weights={"treatment": 50}), source="test")
+    assert [ev["kind"] for ev in events.read()] == ["traffic_changed"]
+    assert counters(durable(StateDir(tmp_path / "s"))) == counters(e)
+
+
+def test_a_new_set_of_variants_starts_afresh_and_leaves_the_old_state(tmp_path: Path) -> None:
+    root = StateDir(tmp_path / "s")
+    first = durable(root)
+    first.ingest([{"t": "req", "id": "a", "variant": "control", "version": 1, "pred": 0.2}])
+    other = Experiment(cfg(), {**VERSIONS, "treatment": 7}, state=root)
+    assert other.stats["control"].requests == 0
+    assert durable(root).stats["control"].requests == 1
+
+
+def test_older_state_than_the_cluster_knows_is_refused(tmp_path: Path) -> None:
+    """A node-local state_uri read on another node finds older state than the app wrote."""
+    from serving.settings import AppSettings
+    from serving.store import ExperimentStore
+
+    class Known:
+        def __init__(self, uri: str) -> None:
+            self.seq = 0
+
+        def known(self) -> int:
+            return self.seq
+
+        def record(self, seq: int) -> None:
+            self.seq = seq
+
+    class Ahead(Known):
+        def known(self) -> int:
+            return 40
+
+    app = AppSettings(config=cfg(), versions=VERSIONS, state_uri=str(tmp_path / "s"),
+                      review_dir=str(tmp_path / "r"), events_path=str(tmp_path / "ev.jsonl"))  # fmt: skip
+    store = ExperimentStore(app, aliases=object(), generations=Known)  # type: ignore[arg-type]
+    store.ingest([{"t": "req", "id": "a", "variant": "control", "version": 1}])
+    with pytest.raises(StaleState, match="older state"):
+        ExperimentStore(app, aliases=object(), generations=Ahead)  # type: ignore[arg-type]
