@@ -175,7 +175,14 @@ def bare_ort_rows_per_s(
     return n * batch / (time.perf_counter() - t0)
 
 
-DRIFT_TURNS = 2
+TURNS = 2
+# What each optional part costs: the same app with it switched off, deployed beside the full app,
+# all of them measured in turns (full, no drift, no capture, full, ...) so that machine noise
+# falls on every one alike.
+TOGGLES: dict[str, dict[str, Any]] = {
+    "drift": {"drift": {"enabled": False}},  # drift logging: replicas feed the drift actors
+    "capture": {"capture": {"enabled": False}},  # request capture: Parquet under state_uri
+}
 
 SERVE_MODES = {
     "default": {},
@@ -226,18 +233,19 @@ def run_serve(
         out["shipyard_batched"] = measure(
             f"{base}/shipyard/predict", records, max(50, n // 20), concurrency, batch, keyed=True
         )
-        # Drift logging's cost: the same app with drift actors off, deployed beside it, the two
-        # measured in turns (on, off, on, off) so that machine noise falls on both alike.
-        off = {**args, "state_uri": str(home / "serving-nodrift"), "drift": {"enabled": False}}
-        serve.run(build_app(off), name="nodrift", route_prefix="/nodrift")
-        turns: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
-        for _ in range(DRIFT_TURNS):
-            for name, prefix in (("on", "shipyard"), ("off", "nodrift")):
+        for part, change in TOGGLES.items():
+            off = {**args, "state_uri": str(home / f"serving-no{part}"), **change}
+            serve.run(build_app(off), name=f"no{part}", route_prefix=f"/no{part}")
+        turns: dict[str, list[dict[str, float]]] = {"on": [], **{p: [] for p in TOGGLES}}
+        for _ in range(TURNS):
+            for name in turns:
+                prefix = "shipyard" if name == "on" else f"no{name}"
                 turns[name].append(
                     measure(f"{base}/{prefix}/predict", records, n, concurrency, keyed=True)
                 )
-        out["drift_turns"] = turns
-        serve.delete("nodrift")
+        out["toggle_turns"] = turns
+        for part in TOGGLES:
+            serve.delete(f"no{part}")
         serve.delete("shipyard")
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
@@ -332,19 +340,22 @@ def table(r: dict[str, Any]) -> str:
                 f"| {name} — {mode} | {v:,.0f} | {v / r['ort_rows_per_s']:.2f} | "
                 f"{v / r['bare_batched']['rows_per_s']:.2f} |"
             )
-    lines += ["", "Drift logging (drift actors on vs off, same app, measured in turns), single records:",
-              "", "| Serve mode | p50 on | p50 off | p50 on/off | requests/s on/off | goal |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
-    for mode in SERVE_MODES:
-        t = r[mode].get("drift_turns")
-        if not t:
-            continue
-        p50 = {k: statistics.median(x["p50_ms"] for x in v) for k, v in t.items()}
-        rps = {k: statistics.median(x["rps"] for x in v) for k, v in t.items()}
-        lines.append(
-            f"| {mode} | {p50['on']:.2f} ms | {p50['off']:.2f} ms | {p50['on'] / p50['off']:.3f} "
-            f"| {rps['on'] / rps['off']:.3f} | p50 <= 1.05 |"
-        )
+    lines += ["", "What drift logging and request capture cost (the same app with the part on vs "
+              "off, measured in turns), single records:",
+              "", "| part | Serve mode | p50 on | p50 off | p50 on/off | requests/s on/off | goal |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    goals = {"drift": "p50 <= 1.05", "capture": "p50 and requests/s within 5%"}
+    for part in TOGGLES:
+        for mode in SERVE_MODES:
+            t = r[mode].get("toggle_turns")
+            if not t or part not in t:
+                continue
+            p50 = {k: statistics.median(x["p50_ms"] for x in v) for k, v in t.items()}
+            rps = {k: statistics.median(x["rps"] for x in v) for k, v in t.items()}
+            lines.append(
+                f"| {part} | {mode} | {p50['on']:.2f} ms | {p50[part]:.2f} ms | "
+                f"{p50['on'] / p50[part]:.3f} | {rps['on'] / rps[part]:.3f} | {goals[part]} |"
+            )
     return "\n".join(lines)
 
 

@@ -66,7 +66,7 @@ def app_settings(cfg: ServingConfig) -> AppSettings:
     if uri is None and os.environ.get(STATE_URI_ENV):
         uri = f"{os.environ[STATE_URI_ENV].rstrip('/')}/{safe_name(cfg.model)}"
     state = StateDir(uri or local)  # ConfigError naming state_uri if it cannot be opened
-    state.list()  # reachable now (StorageError, a clear 503-class error, before any deploy)
+    state.files()  # reachable now (StorageError, a clear 503-class error, before any deploy)
     return AppSettings(
         config=cfg,
         versions=resolve_versions(cfg, Registry(tracking_uri)),

@@ -116,6 +116,9 @@ class VariantModel:
             "error": self.load_error,
             "task": self.schema.task if self.schema else None,
             "features": self.schema.names if self.schema else None,
+            "feature_kinds": {f.name: f.kind for f in self.schema.features}
+            if self.schema
+            else None,
             "loaded_at": self.loaded_at,
         }
 

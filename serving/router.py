@@ -56,6 +56,8 @@ from shipyard.errors import (
     Unavailable,
     UpstreamTimeout,
 )
+from shipyard.monitoring.capture import Capture
+from shipyard.storage import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,10 @@ class Router:
         self.store_away: str | None = None  # why the experiment store cannot answer now
         self._init_metrics()
         self.records = RecordBuffer(lambda rows: self._store("ingest", rows), self._refresh)
+        self.capture = (
+            Capture(StateDir(app.state_uri).child("capture"), self.cfg.model, self.cfg.capture)
+            if self.cfg.capture.enabled else None
+        )  # fmt: skip
         self.shadows = ShadowMirror(
             lambda name, instances: self._call(name, "predict", instances),
             self.records.add,
@@ -151,6 +157,7 @@ class Router:
                 tags={"model": self.cfg.model, "variant": name, "outcome": outcome}
             ),
             list(self.versions),
+            on_answer=self._capture_shadow,
         )
 
     def _init_metrics(self) -> None:
@@ -336,12 +343,24 @@ class Router:
             raise ValueError(f"user_config rejected: {getattr(err, 'message', err)}") from None
         self._apply(await self.store.snapshot.remote())
         if not self._tasks:
+            if self.capture is not None:
+                self.capture.start()
             loop = asyncio.get_running_loop()
             self._tasks = [
                 loop.create_task(self.records.run()),
                 loop.create_task(self._poll_loop()),
                 loop.create_task(self._health_loop()),
             ]
+
+    async def stop(self) -> None:
+        """Stop the loops, then hand the store every record still buffered (a router killed
+        outright loses at most the last `interval_s` of them: they are in flight)."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        await self.records.flush()
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close)
 
     def _apply(self, snapshot: dict[str, Any]) -> None:
         if snapshot["config_version"] == self.snapshot.get("config_version"):
@@ -407,6 +426,8 @@ class Router:
         for name, info in zip(names, answers, strict=True):
             if isinstance(info, BaseException):
                 continue
+            if self.capture is not None and info.get("feature_kinds"):
+                self.capture.set_features(info["feature_kinds"])
             if info.get("loaded", True):
                 if self.down.pop(name, None) is not None:
                     logger.warning("variant %s loaded: back in routing", name)
@@ -505,45 +526,77 @@ class Router:
         record: dict[str, Any] = {"id": rid, "variant": variant, "version": self.versions[variant],
                                   "ab": ab, "key": _key_hash(key) if key is not None else None,
                                   "n": len(instances)}  # fmt: skip
-        served = variant
-        fallback = ab and variant != control and control in self.models
         try:
-            if fallback and variant in self.down:
-                raise NotLoaded(self.down[variant])
-            out = await self._call(variant, "predict", instances)
-        except Unavailable as err:  # NotLoaded included
-            if not fallback:
+            served = variant
+            fallback = ab and variant != control and control in self.models
+            try:
+                if fallback and variant in self.down:
+                    raise NotLoaded(self.down[variant])
+                out = await self._call(variant, "predict", instances)
+            except Unavailable as err:  # NotLoaded included
+                if not fallback:
+                    self._count(record, status_of(err), t0)
+                    raise self._tag(err, variant, rid) from None
+                if isinstance(err, NotLoaded):
+                    self.down[variant] = err.message
+                    record["rerouted"] = True
+                served = str(control)
+                try:
+                    out = await self._call(served, "predict", instances)
+                except ShipyardError as again:
+                    record["blame"] = "input"  # control failed on the same records
+                    self._count(record, status_of(again), t0)
+                    raise self._tag(again, served, rid) from None
+                if not record.get("rerouted"):
+                    self._count(record, status_of(err), t0)  # the treatment's own failure
+            except ShipyardError as err:
                 self._count(record, status_of(err), t0)
                 raise self._tag(err, variant, rid) from None
-            if isinstance(err, NotLoaded):
-                self.down[variant] = err.message
-                record["rerouted"] = True
-            served = str(control)
-            try:
-                out = await self._call(served, "predict", instances)
-            except ShipyardError as again:
-                record["blame"] = "input"  # control failed on the same records
-                self._count(record, status_of(again), t0)
-                raise self._tag(again, served, rid) from None
-            if not record.get("rerouted"):
-                self._count(record, status_of(err), t0)  # the treatment's own failure
+            score = out.pop("score")
+            if served == variant:
+                self._count(record, 200, t0, pred=sum(score) / len(score))
+            elif record.get("rerouted"):
+                self._count(record, 200, t0)
+            if ab:
+                for name, share in self.snapshot["shadow"].items():
+                    if shadow_hit(key, name, share, self.snapshot["salt"]):
+                        self.shadows.mirror(name, instances, out, rid)
         except ShipyardError as err:
-            self._count(record, status_of(err), t0)
-            raise self._tag(err, variant, rid) from None
-        score = out.pop("score")
-        if served == variant:
-            self._count(record, 200, t0, pred=sum(score) / len(score))
-        elif record.get("rerouted"):
-            self._count(record, 200, t0)
-        if ab:
-            for name, share in self.snapshot["shadow"].items():
-                if shadow_hit(key, name, share, self.snapshot["salt"]):
-                    self.shadows.mirror(name, instances, out)
+            self._capture(rid, variant, instances, status_of(err), t0, record)
+            raise
+        routed_to = variant if served != variant else None
+        self._capture(rid, served, instances, 200, t0, record, {**out, "score": score}, routed_to)
         answer = {**out, "variant": served, "model_version": str(self.versions[served]),
                   "request_id": rid}  # fmt: skip
         if served != variant:
             answer["routed_to"] = variant
         return JSONResponse(answer, headers={"X-Request-Id": rid})
+
+    def _capture(
+        self,
+        rid: str,
+        variant: str,
+        instances: list[Any],
+        status: int,
+        t0: float,
+        record: dict[str, Any],
+        out: dict[str, Any] | None = None,
+        routed_to: str | None = None,
+    ) -> None:
+        """One request's rows for request capture (a deque append; written off the path)."""
+        if self.capture is not None:
+            self.capture.add_request(
+                rid, variant, self.versions[variant], instances, status,
+                (time.perf_counter() - t0) * 1e3, key_hash=record.get("key"),
+                routed_to=routed_to, out=out,
+            )  # fmt: skip
+
+    def _capture_shadow(
+        self, name: str, instances: list[Any], out: dict[str, Any] | None, ms: float, rid: str
+    ) -> None:
+        if self.capture is not None:
+            self.capture.add_request(rid, name, self.versions[name], instances,
+                                     200 if out is not None else 503, ms, shadow=True, out=out)  # fmt: skip
 
     def _count(self, record: dict[str, Any], status: int, t0: float, **fields: Any) -> None:
         """One request's record for the A/B statistics, and its metrics."""
@@ -581,6 +634,8 @@ class Router:
         outcome = float(body.outcome)
         await self.records.flush()  # the request it refers to may still be in the buffer
         ok = await self._store("feedback", body.request_id, outcome)
+        if self.capture is not None:
+            self.capture.add_feedback(body.request_id, outcome, ok["joined"], ok.get("variant"))
         if ok["joined"] and self.cfg.performance.outcome_is_label and ok["variant"] in self.drifts:
             self._tell_drift(ok["variant"], ok["prediction"], outcome)
         return JSONResponse(ok, status_code=200 if ok["joined"] else 202)
@@ -594,7 +649,10 @@ class Router:
     async def ab(self) -> JSONResponse:
         await self.records.flush()
         report = await self._store("report")
-        report["router"] = {"dropped_records": self.records.dropped}
+        report["router"] = {
+            "dropped_records": self.records.dropped,
+            "capture": self.capture.stats() if self.capture is not None else {"enabled": False},
+        }
         return JSONResponse(report)
 
     async def variants(self) -> JSONResponse:
@@ -717,4 +775,11 @@ class Router:
         return {"ok": self.allocation is not None, "model": self.cfg.model}
 
 
-Ingress = serve.ingress()(Router)
+class ServeRouter(Router):
+    async def __del__(self) -> None:
+        """Serve calls this when it stops the replica gracefully (a redeploy, a scale-down, a
+        drained node): the answered requests still buffered go to the store first."""
+        await self.stop()
+
+
+Ingress = serve.ingress()(ServeRouter)

@@ -39,27 +39,36 @@ class ShadowMirror:
         count: Callable[[str, str], None],
         names: list[str],
         max_in_flight: int = 32,
+        on_answer: Callable[[str, list[Any], dict[str, Any] | None, float, str], None]
+        | None = None,
     ) -> None:
+        """`on_answer(variant, instances, answer or None, ms, request id)`: request capture."""
         self.call = call  # (variant, instances) -> the variant's answer
         self.record = record  # a row for the A/B statistics
         self.count = count  # (variant, outcome) -> a metric
         self.max_in_flight = max_in_flight
+        self.on_answer = on_answer
         self.in_flight = {name: 0 for name in names}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def mirror(self, name: str, instances: list[Any], live: dict[str, Any]) -> None:
+    def mirror(
+        self, name: str, instances: list[Any], live: dict[str, Any], request_id: str = ""
+    ) -> None:
         if self.in_flight[name] >= self.max_in_flight:
             self.record("shadow", variant=name, dropped=True)
             self.count(name, "dropped")
             return
         self.in_flight[name] += 1
-        task = asyncio.get_running_loop().create_task(self._run(name, instances, live))
+        task = asyncio.get_running_loop().create_task(self._run(name, instances, live, request_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, name: str, instances: list[Any], live: dict[str, Any]) -> None:
+    async def _run(
+        self, name: str, instances: list[Any], live: dict[str, Any], request_id: str
+    ) -> None:
         t0 = time.perf_counter()
         row: dict[str, Any] = {"variant": name, "ok": False}
+        out: dict[str, Any] | None = None
         try:
             out = await self.call(name, instances)
             row.update(ok=True, latency_ms=(time.perf_counter() - t0) * 1e3, **compare(live, out))
@@ -67,5 +76,7 @@ class ShadowMirror:
             logger.info("shadow %s failed: %s", name, err)
         finally:
             self.in_flight[name] -= 1
+        if self.on_answer is not None:
+            self.on_answer(name, instances, out, (time.perf_counter() - t0) * 1e3, request_id)
         self.record("shadow", **row)
         self.count(name, "ok" if row["ok"] else "error")

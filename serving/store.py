@@ -5,16 +5,18 @@ A thin shell over `shipyard.ab.experiment.Experiment`, which persists under the 
 (`shipyard.errors`); they reach the router as instances of their own class and the edge maps
 them to 4xx; a write storage refused is a StorageError (503, nothing changed).
 
-Serve runs a replica's sync methods on a thread pool, so one lock serialises every call into the
-experiment (it is not thread-safe, and a journal's order must be the order of application).
+Every call into the experiment runs on a worker thread (storage I/O must not block the replica's
+event loop) under one lock: the experiment is not thread-safe, and the journal's order must be
+the order of application.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from serving.settings import AppSettings
 from shipyard.ab.experiment import AliasStore, Experiment
@@ -27,6 +29,7 @@ from shipyard.storage import StateDir
 logger = logging.getLogger(__name__)
 
 KV_NAMESPACE = "shipyard"
+T = TypeVar("T")
 
 
 class Generations:
@@ -82,37 +85,39 @@ class ExperimentStore:
             self.experiment.on_snapshot = gen.record
             gen.record(found)
 
-    def snapshot(self) -> dict[str, Any]:
+    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
-            return self.experiment.snapshot()
+            return fn(*args)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Storage I/O (an object store: tens of ms a write) runs on a worker thread, so the
+        replica's event loop stays free to answer the router's probe (`config_version`)."""
+        return await asyncio.to_thread(self._locked, fn, *args)
+
+    async def snapshot(self) -> dict[str, Any]:
+        return await self._run(self.experiment.snapshot)
 
     def config_version(self) -> int:
         return self.experiment.config_version  # lock-free: the router's probe
 
-    def apply_deploy(self, traffic: dict[str, Any]) -> bool:
-        with self._lock:
-            return self.experiment.apply_deploy(traffic)
+    async def apply_deploy(self, traffic: dict[str, Any]) -> bool:
+        return await self._run(self.experiment.apply_deploy, traffic)
 
-    def ingest(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        with self._lock:
-            return self.experiment.ingest(records)
+    async def ingest(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return await self._run(self.experiment.ingest, records)
 
-    def feedback(self, request_id: str, outcome: float) -> dict[str, Any]:
-        with self._lock:
-            return self.experiment.feedback(request_id, outcome)
+    async def feedback(self, request_id: str, outcome: float) -> dict[str, Any]:
+        return await self._run(self.experiment.feedback, request_id, outcome)
 
-    def set_traffic(self, update: dict[str, Any], source: str) -> dict[str, Any]:
-        with self._lock:
-            return self.experiment.set_traffic(TrafficUpdate.model_validate(update), source)
+    async def set_traffic(self, update: dict[str, Any], source: str) -> dict[str, Any]:
+        change = TrafficUpdate.model_validate(update)
+        return await self._run(self.experiment.set_traffic, change, source)
 
-    def promote(self, variant: str, source: str) -> dict[str, Any]:
-        with self._lock:
-            return self.experiment.promote(variant, source)
+    async def promote(self, variant: str, source: str) -> dict[str, Any]:
+        return await self._run(self.experiment.promote, variant, source)
 
-    def rollback(self, variant: str, reason: str, source: str) -> dict[str, Any]:
-        with self._lock:
-            return self.experiment.rollback(variant, reason, source)
+    async def rollback(self, variant: str, reason: str, source: str) -> dict[str, Any]:
+        return await self._run(self.experiment.rollback, variant, reason, source)
 
-    def report(self) -> dict[str, Any]:
-        with self._lock:
-            return self.experiment.report()
+    async def report(self) -> dict[str, Any]:
+        return await self._run(self.experiment.report)

@@ -54,16 +54,17 @@ def job_env(home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def cluster(home: Path, job_env: dict[str, str]) -> Iterator[Any]:
+def cluster(home: Path, job_env: dict[str, str], s3_server: Any) -> Iterator[Any]:
     """A Ray cluster of this test session's own, stopped by its own PID at the end.
 
     4 logical CPUs on the machine's 2 cores: a small training job is mostly start-up and waiting,
     so two jobs' Ray Train workers (2 CPUs each) can overlap instead of queueing for resources.
-    Its processes see the registry of the tests and the serving app's admin token.
+    Its processes see the registry of the tests, the serving app's admin token and the
+    session's S3 server (serving state lives there, as on a cluster).
     """
     from shipyard.compute.localray import LocalCluster
 
-    env = {**job_env, "SHIPYARD_ADMIN_TOKEN": ADMIN_TOKEN, **SERVE_ENV}
+    env = {**job_env, "SHIPYARD_ADMIN_TOKEN": ADMIN_TOKEN, **SERVE_ENV, **s3_server.env}
     with LocalCluster(num_cpus=4, log_path=home / "ray-start.log", env=env) as c:
         yield c
 

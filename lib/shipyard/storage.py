@@ -125,7 +125,7 @@ class StateDir:
         except OSError as err:
             raise StorageError(f"could not read {self.uri}/{rel}: {err}") from None
 
-    def list(self, rel: str = "") -> list[str]:
+    def files(self, rel: str = "") -> list[str]:
         """Names of the files directly under `rel`, sorted (temporary files left out)."""
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
@@ -136,6 +136,23 @@ class StateDir:
             for i in infos
             if i.type == pafs.FileType.File and not i.base_name.startswith(".")
         )
+
+    def folders(self, rel: str = "") -> list[str]:
+        """Names of the folders directly under `rel`, sorted."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        except OSError as err:
+            raise StorageError(f"could not list {self.uri}/{rel}: {err}") from None
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    def delete_folder(self, rel: str) -> None:
+        """A folder and everything in it (an object store: batched deletes, not one a file)."""
+        try:
+            self.fs.delete_dir(self.path(rel))
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise StorageError(f"could not delete {self.uri}/{rel}: {err}") from None
 
     def delete(self, rels: Iterable[str]) -> None:
         try:
@@ -148,52 +165,52 @@ class StateDir:
 
 _SINGLE = re.compile(r"^(\d{12})\.json$")
 _SEGMENT = re.compile(r"^(\d{12})-(\d{12})\.jsonl$")
+_OPEN = re.compile(r"^open-(\d{12})$")
 
 
 class Journal:
     """A write-ahead log of numbered entries in a `StateDir`.
 
-    `append` writes one entry as one file (`<seq>.json`) and only then returns its number, so a
-    caller that acknowledges after `append` never acknowledges what storage does not hold.
-    `compact(upto)` merges the single entries numbered up to `upto` (those a snapshot covers)
-    into one segment (`<first>-<last>.jsonl`), written from memory, then deletes them; a crash in
-    between leaves both, and `load` reads each entry once. `trim` drops the oldest segments while
-    the newer ones still weigh `keep` (e.g. hold that many requests).
+    `append` writes one entry as one file (`open-<first>/<seq>.json`) and only then returns its
+    number, so a caller that acknowledges after `append` never acknowledges what storage does not
+    hold. `compact()` (once a snapshot covers every entry) merges the open entries into one
+    segment (`<first>-<last>.jsonl`), written from memory, then deletes their folder in one
+    batched request; a crash in between leaves both, and `load` reads each entry once. `trim`
+    drops the oldest segments while the newer ones still weigh `keep` (e.g. hold that many
+    requests).
     """
 
     def __init__(self, folder: StateDir) -> None:
         self.dir = folder
         self.seq = 0
+        self._open: str | None = None  # the folder new entries go to
         self._singles: list[dict[str, Any]] = []  # written, not yet compacted
         self._segments: list[tuple[str, int]] = []  # (file name, weight), oldest first
 
     def load(self, weight: Callable[[dict[str, Any]], int] = lambda e: 1) -> list[dict[str, Any]]:
         """Every entry on storage, oldest first; also where the next `append` continues."""
         entries: dict[int, dict[str, Any]] = {}
-        self._singles, self._segments = [], []
-        names = self.dir.list()
-        for name in names:
+        self._singles, self._segments, self._open = [], [], None
+        for name in self.dir.files():
             if _SEGMENT.match(name):
                 rows = [json.loads(x) for x in (self.dir.read(name) or b"").splitlines() if x]
                 entries.update((int(e["seq"]), e) for e in rows)
                 self._segments.append((name, sum(weight(e) for e in rows)))
         segmented = set(entries)
-        stale = []
-        for name in names:
-            m = _SINGLE.match(name)
-            if not m:
+        for folder in self.dir.folders():
+            if not _OPEN.match(folder):
                 continue
-            if int(m.group(1)) in segmented:  # compacted, its delete did not happen
-                stale.append(name)
+            names = [n for n in self.dir.files(folder) if _SINGLE.match(n)]
+            if names and all(int(n[:12]) in segmented for n in names):
+                self._tidy(folder)  # compacted; its delete did not happen
                 continue
-            raw = self.dir.read(name)
-            if raw is None:
-                continue
-            entry = json.loads(raw)
-            entries[int(entry["seq"])] = entry
-            self._singles.append(entry)
-        if stale:
-            self._delete(stale)
+            for name in names:
+                raw = self.dir.read(f"{folder}/{name}")
+                if raw is not None and int(name[:12]) not in segmented:
+                    entry = json.loads(raw)
+                    entries[int(entry["seq"])] = entry
+                    self._singles.append(entry)
+            self._open = folder  # the newest holds what is appended next (sorted names)
         self._singles.sort(key=lambda e: int(e["seq"]))
         self.seq = max(entries, default=0)
         return [entries[k] for k in sorted(entries)]
@@ -201,9 +218,10 @@ class Journal:
     def append(self, entry: dict[str, Any]) -> int:
         """Write the next entry; StorageError (and nothing written) if storage refused it."""
         seq = self.seq + 1
+        folder = self._open or f"open-{seq:012d}"
         entry = {"seq": seq, **entry}
-        self.dir.write(f"{seq:012d}.json", json.dumps(entry, default=str))
-        self.seq = seq
+        self.dir.write(f"{folder}/{seq:012d}.json", json.dumps(entry, default=str))
+        self.seq, self._open = seq, folder
         self._singles.append(entry)
         return seq
 
@@ -212,16 +230,19 @@ class Journal:
         """Single-entry files not yet merged into a segment."""
         return len(self._singles)
 
-    def compact(self, upto: int, weight: Callable[[dict[str, Any]], int] = lambda e: 1) -> None:
-        covered = [e for e in self._singles if int(e["seq"]) <= upto]
-        if not covered:
+    def compact(self, weight: Callable[[dict[str, Any]], int] = lambda e: 1) -> None:
+        """Merge every open entry into one segment; call it once a snapshot covers them all."""
+        if not self._singles:
             return
-        first, last = int(covered[0]["seq"]), int(covered[-1]["seq"])
+        first, last = int(self._singles[0]["seq"]), int(self._singles[-1]["seq"])
         name = f"{first:012d}-{last:012d}.jsonl"
-        self.dir.write(name, "".join(json.dumps(e, default=str) + "\n" for e in covered))
-        self._singles = [e for e in self._singles if int(e["seq"]) > upto]
-        self._segments.append((name, sum(weight(e) for e in covered)))
-        self._delete([f"{int(e['seq']):012d}.json" for e in covered])
+        self.dir.write(name, "".join(json.dumps(e, default=str) + "\n" for e in self._singles))
+        self._segments.append((name, sum(weight(e) for e in self._singles)))
+        self._singles = []
+        folders = [f for f in self.dir.folders() if _OPEN.match(f)]
+        self._open = None  # the next entry opens a new folder
+        for folder in folders:
+            self._tidy(folder)
 
     def trim(self, keep: int) -> None:
         """Delete the oldest segments that the newer ones make unnecessary."""
@@ -233,10 +254,13 @@ class Journal:
                 break
         if cut > 0:
             old, self._segments = self._segments[:cut], self._segments[cut:]
-            self._delete([name for name, _ in old])
+            try:
+                self.dir.delete([name for name, _ in old])
+            except StorageError as err:  # harmless: the next load reads each entry once
+                logger.warning("journal: %s", err)
 
-    def _delete(self, names: list[str]) -> None:
+    def _tidy(self, folder: str) -> None:
         try:
-            self.dir.delete(names)
+            self.dir.delete_folder(folder)
         except StorageError as err:  # harmless: load() reads each entry once
             logger.warning("journal: %s (will be tidied at the next load)", err)

@@ -33,6 +33,7 @@ from scipy import stats
 
 from shipyard.ab.routing import Allocation, bucket_of
 from tests.conftest import ADMIN_TOKEN
+from tests.s3server import BUCKET
 
 SERVE_MODEL = "churn-serve"
 SCHEMATHESIS_EXAMPLES = 400  # with the unit tests' 700 fuzzed requests: over 1,000 a run
@@ -74,12 +75,13 @@ def app_args(home: Path, **extra: Any) -> dict[str, Any]:
             {"name": "mirror", "version": "challenger", "shadow": 50, "num_replicas": 1, "num_cpus": 0,
              "faults": {"latency_ms": 3000, "error_rate": 0.3}},
         ],
-        "state_uri": str(home / "serving-state"),
+        "state_uri": f"s3://{BUCKET}/serving-test",  # the session's S3 server (moto)
         "guardrails": {"min_requests": 60, "max_error_rate_delta": 0.05},
         "ab": {"min_outcomes": 50},
         "limits": {"max_body_bytes": 65536, "max_instances": 100},
         "drift": {"window_rows": DRIFT_WINDOW, "batch_rows": 500, "flush_interval_s": 0.2,
                   "checkpoint_s": 1.0},
+        "capture": {"file_s": 1.0},
         **extra,
     }  # fmt: skip
 
@@ -139,6 +141,7 @@ def client(
     dataset: Path,
     trained: dict[str, Any],
     job_env: dict[str, str],
+    s3_server: Any,
 ) -> Iterator[Client]:
     """The app as Shipyard deploys it: `serve deploy` of a config file (the builder runs on the
     cluster, which sees the test registry), so a retrain approval can redeploy it the same way."""
@@ -172,8 +175,8 @@ def client(
         time.sleep(1)
     else:
         raise AssertionError(f"the app did not come up: {serve.status()}")
-    with pytest.MonkeyPatch.context() as mp:  # this process sees the test registry and events
-        for k, v in job_env.items():
+    with pytest.MonkeyPatch.context() as mp:  # this process sees the registry, events and S3
+        for k, v in {**job_env, **s3_server.env}.items():
             mp.setenv(k, v)
         yield Client(url, records)
     # Shutting Serve down takes ~35 s of graceful replica stops; the next modules only submit
@@ -576,6 +579,38 @@ def test_schemathesis_finds_no_5xx_and_every_answer_is_json(client: Client) -> N
     assert any(400 <= s < 500 for s in statuses) and 200 in statuses, statuses
 
 
+def test_capture_reads_back_through_ray_data_with_every_raw_feature(client: Client) -> None:
+    """60 answered requests, each a different real record, come back from S3 through
+    `ray.data.read_parquet` (no Shipyard code) with every feature as sent."""
+    import ray
+
+    sent = {}
+    for rec in client.records[:60]:
+        r = client.predict_records([rec], headers={})
+        assert r.status_code == 200, r.text
+        sent[r.json()["request_id"]] = rec
+    uri = f"s3://{BUCKET}/serving-test/capture/requests"
+    deadline = time.monotonic() + 60
+    while True:  # files are written every capture.file_s (1 s here)
+        frame = ray.data.read_parquet(uri).to_pandas()
+        rows = frame[frame["served_request_id"].isin(list(sent))]
+        if len(rows) == len(sent) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert len(rows) == 60 and not rows["served_shadow"].any()
+    assert set(rows["served_status"]) == {200} and set(rows["served_model"]) == {SERVE_MODEL}
+    for _, row in rows.iterrows():
+        rec = sent[row["served_request_id"]]
+        for feature, value in rec.items():
+            if value is None:
+                assert pd.isna(row[feature]), feature
+            elif pd.api.types.is_float_dtype(rows[feature]):  # a numeric feature
+                assert row[feature] == pytest.approx(float(value)), feature
+            else:  # a category, as text
+                assert row[feature] == str(value), feature
+    assert client.get("/ab")["router"]["capture"]["dropped"] == 0
+
+
 def test_explain_sums_to_the_prediction(client: Client) -> None:
     rec = client.records[3]
     r = client.session.post(
@@ -752,13 +787,23 @@ def test_a_dead_drift_actor_fails_no_prediction_and_resumes(client: Client) -> N
 def test_a_dead_experiment_store_fails_no_prediction_and_its_routes_answer_at_once(
     client: Client,
 ) -> None:
-    """Kill the store's replica: predictions go on from the router's table; /ab and /feedback
-    answer 503 with Retry-After while it is away (within limits.probe_timeout_s, 2 s, where
-    they used to hang 12-25 s), then 200 with the same bucket table once Serve has replaced it."""
+    """Kill the store's replica right after 100 acknowledged feedbacks (its state on S3): no
+    prediction fails; /ab and /feedback answer 503 with Retry-After while it is away (within
+    limits.probe_timeout_s, 2 s, where they used to hang 12-25 s); once Serve has replaced it,
+    the same bucket table, and A/B sums that count every answered request and every
+    acknowledged feedback exactly once (the snapshot is at most 2 s old; the journal has the
+    rest)."""
     import ray
 
     client.traffic(weights={"control": 90, "treatment": 10, "canary": 0})
     allocation = client.get("/variants")["allocation"]
+    requests_before, outcomes_before = _sums(client.get("/ab"))
+    answered = [client.predict(key=f"durable-{i}") for i in range(100)]
+    assert {r.status_code for r in answered} == {200}
+    acked = [client.session.post(f"{client.url}/feedback", timeout=30,
+                                 json={"request_id": r.json()["request_id"], "outcome": i % 2})
+             for i, r in enumerate(answered)]  # fmt: skip
+    assert {r.status_code for r in acked} <= {200, 202}, [r.text for r in acked][:3]
     replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
                    if "#experiment#" in a["name"])  # fmt: skip
     ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
@@ -782,7 +827,22 @@ def test_a_dead_experiment_store_fails_no_prediction_and_its_routes_answer_at_on
     print(f"answers while the store was replaced: {dict(seen)}")
     assert r.status_code == 200, seen
     assert client.get("/variants")["allocation"] == allocation
+    expected = (requests_before + 100 + 40, outcomes_before + 100)
+    deadline = time.monotonic() + 30
+    while _sums(report := client.get("/ab")) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)  # the routers' buffers reach the new store within a flush or two
+    assert _sums(report) == expected, report["store"]
+    assert report["store"]["restored"]["entries"] > 0, report["store"]
+    resent = client.session.post(f"{client.url}/feedback", timeout=30,
+                                 json={"request_id": answered[0].json()["request_id"], "outcome": 1})  # fmt: skip
+    assert resent.status_code == 409 and _sums(client.get("/ab")) == expected
     assert client.predict(key="away-0").status_code == 200
+
+
+def _sums(report: dict[str, Any]) -> tuple[int, int]:
+    """Requests and joined outcomes over every variant of the A/B report."""
+    variants = report["variants"].values()
+    return sum(v["requests"] for v in variants), sum(v["outcomes"] for v in variants)
 
 
 def test_promote_moves_traffic_and_the_champion_alias(

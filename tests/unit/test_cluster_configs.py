@@ -157,3 +157,30 @@ def test_the_iam_policies_the_aws_config_names_exist() -> None:
         for t in load("aws.yaml")["available_node_types"].values()
     }
     assert profiles == {"shipyard-ray-head", "shipyard-ray-worker"}
+
+
+def _env_values(node: Any, name: str) -> list[str]:
+    """Every `{name: NAME, value: V}` in a Kubernetes manifest."""
+    if isinstance(node, dict):
+        found = [str(node["value"])] if node.get("name") == name and "value" in node else []
+        return found + [v for child in node.values() for v in _env_values(child, name)]
+    if isinstance(node, list):
+        return [v for child in node for v in _env_values(child, name)]
+    return []
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml", "kuberay/raycluster.yaml",
+                                  "kuberay/rayservice.yaml"])  # fmt: skip
+def test_serving_state_is_on_object_storage_on_every_cluster(name: str) -> None:
+    """Any node may take the experiment store over: its state cannot be on one node's disk."""
+    import re
+
+    text = (CLUSTER / name).read_text()
+    if name.startswith("kuberay/"):
+        uris = [
+            v for doc in yaml.safe_load_all(text) for v in _env_values(doc, "SHIPYARD_STATE_URI")
+        ]
+    else:
+        uris = re.findall(r"--env SHIPYARD_STATE_URI=(\S+)", text)
+    assert uris, f"{name} sets no SHIPYARD_STATE_URI"
+    assert all(re.fullmatch(r"(s3|gs)://[A-Za-z0-9-]+/serving", u) for u in uris), uris

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 import types
@@ -95,9 +96,9 @@ class App:
             yield c
 
     def report(self) -> dict[str, Any]:
-        self.router.records.rows and self.store.ingest(self.router.records.rows)
+        self.router.records.rows and self.store.experiment.ingest(self.router.records.rows)
         self.router.records.rows = []
-        return self.store.report()
+        return self.store.experiment.report()
 
 
 @pytest.fixture
@@ -250,12 +251,12 @@ def test_bad_feedback_is_422_naming_the_field(client: TestClient, body: bytes, s
 def test_bad_weights_are_422_and_traffic_is_unchanged(
     client: TestClient, app: App, body: bytes
 ) -> None:
-    before = app.store.snapshot()
+    before = app.store.experiment.snapshot()
     r = client.put("/variants", content=body, headers=ADMIN)
     assert r.status_code == 422 and (
         "weights" in r.json()["error"] or "shadow" in r.json()["error"]
     )
-    assert app.store.snapshot() == before
+    assert app.store.experiment.snapshot() == before
 
 
 @pytest.mark.parametrize("route", ["/predict", "/explain", "/feedback"])
@@ -285,7 +286,7 @@ def test_overflowing_numbers_on_treatment_keys_move_no_traffic(
     """The abuse sequence: 300 requests with a 401-digit number on keys routed to treatment.
     Every one is a 422; the guardrail sees no treatment error; weights and aliases stay."""
     field, sent = numeric(row), 0
-    before = (app.store.snapshot()["weights"], dict(app.aliases.table))
+    before = (app.store.experiment.snapshot()["weights"], dict(app.aliases.table))
     for i in range(3000):
         if app.router._route(f"user-{i}", None)[0] != "treatment":
             continue
@@ -297,7 +298,7 @@ def test_overflowing_numbers_on_treatment_keys_move_no_traffic(
     report = app.report()
     assert sent == 300 and report["variants"]["treatment"]["rejected"] == 300
     assert report["variants"]["treatment"]["errors"] == 0
-    assert (app.store.snapshot()["weights"], dict(app.aliases.table)) == before
+    assert (app.store.experiment.snapshot()["weights"], dict(app.aliases.table)) == before
 
 
 class Fragile:
@@ -334,7 +335,9 @@ def test_a_failure_counts_against_the_treatment_only_if_control_answers(
             assert r.json()["routed_to"] == "treatment"
         t = app.report()["variants"]["treatment"]
         assert t["errors"] == 60 and t["error_rate"] == 1.0
-        assert app.store.snapshot()["weights"]["treatment"] == 0  # a real failure: rolled back
+        assert (
+            app.store.experiment.snapshot()["weights"]["treatment"] == 0
+        )  # a real failure: rolled back
         assert "challenger" not in app.aliases.table
 
 
@@ -351,7 +354,7 @@ def test_an_input_that_fails_every_variant_counts_against_none(
             assert client.post("/predict", json={"instance": row, "key": key}).status_code == 200
         t = app.report()["variants"]["treatment"]
         assert t["input_failures"] == 250 and t["errors"] == 0
-        assert app.store.snapshot()["weights"]["treatment"] == 50
+        assert app.store.experiment.snapshot()["weights"]["treatment"] == 50
         assert app.aliases.table["challenger"] == 2
 
 
@@ -430,7 +433,7 @@ def test_a_variant_that_cannot_load_is_out_of_routing_and_its_keys_go_to_control
     assert "checksum mismatch" in listed["treatment"]["error"]
     t = report["variants"]["treatment"]
     assert t["rerouted"] == 40 and t["errors"] == 0
-    assert app.store.snapshot()["weights"]["treatment"] == 50
+    assert app.store.experiment.snapshot()["weights"]["treatment"] == 50
 
 
 # --- property-based fuzzing over the request models -------------------------------------------
@@ -552,7 +555,8 @@ class Away:
         async def call(*args: Any) -> Any:
             while self.away:
                 await asyncio.sleep(0.02)
-            return fn(*args)
+            out = fn(*args)
+            return await out if inspect.isawaitable(out) else out
 
         return call
 

@@ -195,3 +195,20 @@ def test_every_error_class_has_one_status() -> None:
     for cls in classes:  # every error the server raises on purpose maps somewhere known
         assert status_of(cls("x")) in {s for _, s in STATUS}, cls
     assert status_of(InvalidRecord("x")) == 422 and status_of(RuntimeError("x")) == 500
+
+
+def test_a_router_that_serve_stops_hands_its_buffer_to_the_store(tmp_path: Path) -> None:
+    """What `__del__` does when Serve stops a router replica gracefully."""
+    cfg = ServingConfig.model_validate(
+        {"model": "m", "variants": [{"name": "control", "version": 1, "weight": 100}]}
+    )
+    app = AppSettings(config=cfg, versions={"control": 1}, state_uri=str(tmp_path / "s"),
+                      review_dir=str(tmp_path), events_path=str(tmp_path / "ev.jsonl"))  # fmt: skip
+    store = ExperimentStore(app, aliases=Aliases())
+    router = Router(app, {"control": Handle(Model("control"))}, Handle(store))
+    for i in range(3):
+        router.records.add(id=f"r{i}", variant="control", version=1, status=200, pred=0.5)
+    asyncio.run(router.stop())
+    assert router.records.rows == [] and store.experiment.stats["control"].requests == 3
+    again = ExperimentStore(app, aliases=Aliases())  # and they are on storage
+    assert again.experiment.stats["control"].requests == 3

@@ -4,6 +4,7 @@ compared with a store that never crashed."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import random
@@ -32,12 +33,12 @@ def uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 # --- the folder --------------------------------------------------------------------------------
 def test_files_are_replaced_whole_and_listed(uri: str) -> None:
     d = StateDir(uri)
-    assert d.read("a.json") is None and d.list() == []
+    assert d.read("a.json") is None and d.files() == []
     d.write("a.json", '{"v": 1}')
     d.write("a.json", b'{"v": 2}')
     d.child("sub").write("b.json", "x")
     assert json.loads(d.read("a.json") or b"") == {"v": 2}
-    assert d.list() == ["a.json"] and d.child("sub").list() == ["b.json"]
+    assert d.files() == ["a.json"] and d.child("sub").files() == ["b.json"]
     d.write_table("t/part-0.parquet", pa.table({"x": [1.5, None], "s": ["a", "b"]}))
     frame = pd.read_parquet(d.path("t"), filesystem=d.fs)
     assert frame["s"].tolist() == ["a", "b"]
@@ -75,19 +76,20 @@ def test_an_unreachable_object_store_is_a_storage_error(
 def test_journal_compacts_covered_entries_and_keeps_what_the_index_needs(uri: str) -> None:
     d = StateDir(uri).child("journal")
     j = Journal(d)
-    for i in range(30):
+    for i in range(20):
         j.append({"kind": "ingest", "rows": [{"id": i}]})
-    j.compact(20)
-    assert j.pending == 10 and len(d.list()) == 11  # one segment + 10 single entries
+    j.compact()
+    for i in range(20, 30):
+        j.append({"kind": "ingest", "rows": [{"id": i}]})
+    assert j.pending == 10 and len(d.files()) == 1 and len(d.folders()) == 1
     again = Journal(d)
     assert [e["rows"][0]["id"] for e in again.load()] == list(range(30)) and again.seq == 30
     for i in range(30, 120):
         again.append({"kind": "ingest", "rows": [{"id": i}]})
         if i % 10 == 9:
-            again.compact(again.seq)
+            again.compact()
             again.trim(keep=25)
-    names = d.list()
-    assert len(names) <= 4, names  # bounded: segments holding at least 25 entries, no more
+    assert len(d.files()) <= 4 and d.folders() == []  # bounded: what holds 25 entries, no more
     kept = [e["rows"][0]["id"] for e in Journal(d).load()]
     assert kept == list(range(kept[0], 120)) and 25 <= len(kept) <= 40
 
@@ -101,7 +103,9 @@ def test_a_crash_between_segment_and_delete_reads_each_entry_once(tmp_path: Path
             "".join(json.dumps({"seq": i + 1, "n": i}) + "\n" for i in range(5)))  # fmt: skip
     again = Journal(d)
     assert [e["n"] for e in again.load()] == [0, 1, 2, 3, 4]
-    assert d.list() == ["000000000001-000000000005.jsonl"]  # the leftovers were tidied
+    assert d.files() == ["000000000001-000000000005.jsonl"] and d.folders() == []  # tidied
+    again.append({"n": 5})
+    assert [e["n"] for e in Journal(d).load()] == [0, 1, 2, 3, 4, 5]
 
 
 # --- the experiment store ------------------------------------------------------------------------
@@ -139,6 +143,10 @@ class FaultyDir(StateDir):
     def write(self, rel: str, data: str | bytes) -> None:
         self.plan.tick()
         super().write(rel, data)
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        self.plan.tick()
+        super().write_table(rel, table)
 
     def delete(self, rels: Iterable[str]) -> None:
         self.plan.tick()
@@ -304,6 +312,6 @@ def test_older_state_than_the_cluster_knows_is_refused(tmp_path: Path) -> None:
     app = AppSettings(config=cfg(), versions=VERSIONS, state_uri=str(tmp_path / "s"),
                       review_dir=str(tmp_path / "r"), events_path=str(tmp_path / "ev.jsonl"))  # fmt: skip
     store = ExperimentStore(app, aliases=object(), generations=Known)  # type: ignore[arg-type]
-    store.ingest([{"t": "req", "id": "a", "variant": "control", "version": 1}])
+    asyncio.run(store.ingest([{"t": "req", "id": "a", "variant": "control", "version": 1}]))
     with pytest.raises(StaleState, match="older state"):
         ExperimentStore(app, aliases=object(), generations=Ahead)  # type: ignore[arg-type]

@@ -796,7 +796,7 @@ class Experiment:
             self.on_snapshot(seq)
         if self.journal.pending >= self.compact_entries:
             try:
-                self.journal.compact(seq, _weight)
+                self.journal.compact(_weight)  # the snapshot covers every entry
                 self.journal.trim(self.max_index)
             except StorageError as err:
                 logger.warning("journal not compacted (retried after the next snapshot): %s", err)

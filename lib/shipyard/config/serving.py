@@ -269,6 +269,24 @@ class RetrainSection(Strict):
     poll_s: PositiveFloat = Field(5.0, description="How often the job's status is checked.")
 
 
+class CaptureSection(Strict):
+    """Request capture: what was served, as Parquet under state_uri (`shipyard.monitoring.capture`)."""
+
+    enabled: bool = Field(True, description="Capture served requests and feedback.")
+    sample_rate: float = Field(
+        1.0, gt=0, le=1, description="Share of request ids captured (with their feedback)."
+    )
+    file_s: PositiveFloat = Field(60.0, description="A file is written at least this often.")
+    file_rows: PositiveInt = Field(
+        20_000, description="A file is written as soon as this many rows are buffered."
+    )
+    max_buffered_rows: PositiveInt = Field(
+        200_000,
+        description="Rows held while storage is slow or away; beyond this, rows are dropped "
+        "and counted (GET /ab -> capture), never delaying a prediction.",
+    )
+
+
 class ServingConfig(Strict):
     model: str = Field(description="Registered model name.", min_length=1)
     variants: list[Variant] = Field(description="Live and shadow variants.", min_length=1)
@@ -309,6 +327,9 @@ class ServingConfig(Strict):
     )
     performance: PerformanceSection = Field(
         default_factory=PerformanceSection, description="Performance drift from /feedback."
+    )
+    capture: CaptureSection = Field(
+        default_factory=CaptureSection, description="Request capture (Parquet under state_uri)."
     )
     review: ReviewSection = Field(
         default_factory=ReviewSection, description="Review queue of uncertain predictions."
