@@ -214,7 +214,13 @@ class Capture:
             self._seq += 1
             rel = "/".join(key) + f"/part-{self._name}-{self._seq:06d}.parquet"
             try:
-                self.state.write_table(rel, self._table(key[0], rows))
+                table = self._table(key[0], rows)
+            except (pa.ArrowException, ValueError, TypeError, OverflowError) as err:
+                self.dropped += len(rows)  # cannot become a table: retrying would not help
+                logger.error("capture: %d rows dropped, not tabular: %s", len(rows), err)
+                continue
+            try:
+                self.state.write_table(rel, table)
             except StorageError as err:
                 self.failed_writes += 1
                 logger.warning("capture: %s (rows kept for the next write)", err)
