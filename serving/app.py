@@ -73,7 +73,8 @@ def app_settings(cfg: ServingConfig) -> AppSettings:
         tracking_uri=tracking_uri,
         state_uri=state.uri,
         review_dir=str(state.local_path() or local),
-        events_path=str(home / "events.jsonl"),
+        # On a disk: the machine's one event log; on an object store: beside the app's state.
+        events_path=str(home / "events.jsonl") if state.local else f"{state.uri}/events",
     )
 
 

@@ -131,11 +131,16 @@ class DriftFeeder:
             logger.warning("drift actor unavailable, dropped %d rows: %s", batch["rows"], err)
 
     async def flush(self) -> None:
-        """Send everything buffered now and wait for it (tests, shutdown)."""
-        if self._sending is not None:
-            await asyncio.gather(self._sending, return_exceptions=True)
-        if self.rows or self.type_errors:
-            await self._ship(self._take())
+        """Send everything buffered now and wait for it (tests, shutdown). The flush loop may
+        start a send while this one waits, so it returns only when no send is in flight and
+        nothing is buffered."""
+        while True:
+            if self._sending is not None and not self._sending.done():
+                await asyncio.gather(self._sending, return_exceptions=True)
+            elif self.rows or self.type_errors:
+                await self._ship(self._take())
+            else:
+                return
 
     def stats(self) -> dict[str, int]:
         return {"buffered": self.rows, "sent": self.sent_rows, "dropped": self.dropped_rows}

@@ -63,7 +63,10 @@ logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
 HEALTH_INTERVAL_S = 5.0  # how often the router asks each variant whether it has loaded
-SLOW_STORE_CALLS = {"set_traffic", "promote", "rollback"}  # they may move registry aliases
+# Calls that write: a registry alias, or the journal on an object store (tens of ms a put, more
+# under load). They get limits.timeout_s, not the probe's; a store known to be away still
+# answers 503 at once (store_away, set by the probe).
+SLOW_STORE_CALLS = {"set_traffic", "promote", "rollback", "ingest", "feedback"}
 bearer = HTTPBearer(auto_error=False, description="The admin token (admin_token_env).")
 api_key = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="An API key (api_keys_env), when set."
@@ -472,9 +475,9 @@ class Router:
 
     async def _store(self, method: str, *args: Any) -> Any:
         """Call the experiment store; away or unreachable is a 503 for this request (at once
-        while it is known to be away), never a 500 and never a long wait. Its quick answers
-        (ingest, feedback, report) get limits.probe_timeout_s; decisions that move registry
-        aliases get limits.timeout_s."""
+        while it is known to be away), never a 500 and never a long wait. Reads (report,
+        snapshot) get limits.probe_timeout_s; writes (SLOW_STORE_CALLS: the journal, registry
+        aliases) get limits.timeout_s."""
         if self.store_away is not None:
             raise Unavailable(f"experiment store unavailable ({self.store_away}); retry shortly")
         limits = self.cfg.limits

@@ -25,7 +25,10 @@ class AppSettings(Strict):
         description="Local folder of the review queue (a CSV a person edits): under state_uri "
         "when that is a local path, else under $SHIPYARD_HOME/serving/<model>."
     )
-    events_path: str = Field(description="The event log (JSON lines).")
+    events_path: str = Field(
+        description="The event log: a JSON-lines file, or an object-store folder (an object "
+        "per event)."
+    )
 
     @property
     def model(self) -> str:

@@ -315,3 +315,13 @@ def test_older_state_than_the_cluster_knows_is_refused(tmp_path: Path) -> None:
     asyncio.run(store.ingest([{"t": "req", "id": "a", "variant": "control", "version": 1}]))
     with pytest.raises(StaleState, match="older state"):
         ExperimentStore(app, aliases=object(), generations=Ahead)  # type: ignore[arg-type]
+
+
+def test_the_event_log_is_an_object_per_event_on_an_object_store(uri: str) -> None:
+    where = f"{uri}/events" if "://" in uri else f"{uri}/events.jsonl"
+    log = EventLog(where)
+    for i in range(3):
+        log.emit("traffic_changed", n=i)
+    assert [e["n"] for e in EventLog(where).read()] == [0, 1, 2]
+    if "://" in uri:
+        assert len(StateDir(where).files()) == 3 and log.log_failed == 0
