@@ -484,7 +484,21 @@ class Router:
         timeout_s = limits.timeout_s if method in SLOW_STORE_CALLS else limits.probe_timeout_s
         try:
             response = getattr(self.store, method).remote(*args)
-            return await self._within(response, timeout_s, "experiment store")
+            if method not in SLOW_STORE_CALLS:
+                return await self._within(response, timeout_s, "experiment store")
+            # A write may take a while; but once the probe finds the store away (its replica
+            # died with this call queued for it), the caller is answered 503 at once.
+            call = asyncio.ensure_future(self._within(response, timeout_s, "experiment store"))
+            watch = asyncio.ensure_future(self._until_store_away())
+            done, _ = await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
+            watch.cancel()
+            if call not in done:
+                call.cancel()
+                response.cancel()
+                raise Unavailable(
+                    f"experiment store unavailable ({self.store_away}); retry shortly"
+                )
+            return call.result()
         except StorageError:  # the store is up; storage refused a write: nothing was changed
             raise
         except Unavailable:
@@ -496,6 +510,10 @@ class Router:
             logger.warning("experiment store call %s failed: %s", method, err)
             self.store_away = "call failed (restarting?)"
             raise Unavailable("experiment store unavailable; retry shortly") from None
+
+    async def _until_store_away(self) -> None:
+        while self.store_away is None:
+            await asyncio.sleep(0.1)
 
     def _spawn(self, awaitable: Any) -> None:
         task = asyncio.get_running_loop().create_task(awaitable)

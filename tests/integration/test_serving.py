@@ -583,7 +583,9 @@ def test_schemathesis_finds_no_5xx_and_every_answer_is_json(client: Client) -> N
     assert any(400 <= s < 500 for s in statuses) and 200 in statuses, statuses
 
 
-def test_capture_reads_back_through_ray_data_with_every_raw_feature(client: Client) -> None:
+def test_capture_reads_back_through_ray_data_with_every_raw_feature(
+    client: Client, registry: Any, versions: dict[str, int], tmp_path: Path
+) -> None:
     """60 answered requests, each a different real record, come back from S3 through
     `ray.data.read_parquet` (no Shipyard code) with every feature as sent."""
     import ray
@@ -608,9 +610,14 @@ def test_capture_reads_back_through_ray_data_with_every_raw_feature(client: Clie
     assert len(rows) == 60, capture  # one live row each; a mirrored one also has a shadow row
     assert set(shadows["served_variant"]) <= {"mirror"} and len(shadows) <= 60
     assert set(rows["served_status"]) == {200} and set(rows["served_model"]) == {SERVE_MODEL}
+    bundle = registry.download(SERVE_MODEL, versions["control"], tmp_path)
+    schema = json.loads((bundle / "input_schema.json").read_text())
+    features = [f["name"] for f in schema["features"]]
+    assert features and set(features) <= set(rows.columns)  # every feature of the model
     for _, row in rows.iterrows():
         rec = sent[row["served_request_id"]]
-        for feature, value in rec.items():
+        for feature in features:
+            value = rec.get(feature)
             if value is None:
                 assert pd.isna(row[feature]), feature
             elif pd.api.types.is_float_dtype(rows[feature]):  # a numeric feature

@@ -617,3 +617,20 @@ def test_the_record_buffer_sends_a_backlog_in_bounded_batches_and_keeps_what_fai
     fail["after"] = -1
     asyncio.run(buffer.flush())
     assert sent == [10, 10, 10, 5] and buffer.rows == [] and buffer.dropped == 0
+
+
+def test_a_write_waiting_for_a_store_that_went_away_is_released_by_the_probe(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes get limits.timeout_s (a journal put can be slow), but not when the store is gone:
+    once the router's probe finds it away, a feedback waiting on it is answered 503 at once."""
+    _outside_serve(monkeypatch)
+    app = App(tmp_path, bundle, limits={"probe_timeout_s": 0.2, "timeout_s": 8.0})
+    away = Away(app.store)
+    with app.client() as client:
+        app.router.store = Handle(away)  # the replica dies: calls hang, the probe times out
+        started = time.monotonic()
+        r = client.post("/feedback", json={"request_id": "f1", "outcome": 1})
+        waited = time.monotonic() - started
+        assert r.status_code == 503 and "experiment store" in r.json()["error"]
+        assert waited < 4.0, waited  # the probe runs every second; timeout_s would be 8 s
