@@ -43,12 +43,14 @@ def test_every_request_reads_back_with_every_raw_feature(tmp_path: Path) -> None
                       2.5, key_hash="k", out={"predictions": [1], "probabilities": [0.75],
                                               "score": [0.75]})  # fmt: skip
     c.add_request("bad", "control", 3, [{"age": "old", "plan": 7}], 422, 1.0)
+    c.add_request("huge", "control", 3, [{"age": 10**401, "plan": None}], 422, 1.0)
     c.add_request("r0", "mirror", 4, [{"age": 0, "plan": "gold"}], 200, 9.0, shadow=True,
                   out={"predictions": [0], "probabilities": [0.25], "score": [0.25]})  # fmt: skip
     c.add_feedback("r0", 1.0, True, "control")
-    assert c.flush() == 53
+    assert c.flush() == 54 and c.dropped == 0
     rows = read(state)
-    assert len(rows) == 52 and set(KINDS) <= set(rows.columns)
+    assert len(rows) == 53 and set(KINDS) <= set(rows.columns)
+    assert pd.isna(rows[rows.served_request_id == "huge"]["age"]).all()  # beyond float64: null
     assert rows["age"].dtype == "float64" and rows["income"].isna().sum() >= 50
     ok = rows[(rows.served_status == 200) & ~rows.served_shadow]
     assert sorted(ok["age"]) == [float(i) for i in range(50)] and set(ok["plan"]) == {"gold"}

@@ -70,8 +70,12 @@ def sampled(request_id: str, rate: float) -> bool:
 
 
 def _number(v: Any) -> float | None:
+    """A number as float64; anything else, or an integer beyond float64, is null."""
     if isinstance(v, int | float) and not isinstance(v, bool):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            return None
     return None
 
 
