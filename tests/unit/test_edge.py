@@ -323,8 +323,12 @@ def _keys_of(app: App, variant: str, n: int) -> list[str]:
 
 
 def test_a_failure_counts_against_the_treatment_only_if_control_answers(
-    app: App, row: dict[str, Any]
+    tmp_path: Path, bundle: Path, row: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    _outside_serve(monkeypatch)
+    # Guardrails judge at 60 treatment requests, the last one sent: the rollback cannot come
+    # while the loop below still expects the treatment's keys to reach it.
+    app = App(tmp_path, bundle, guardrails={"min_requests": 60})
     app.router.models["treatment"] = Handle(Fragile(app.variants["treatment"]))
     with app.client() as client:
         for key in _keys_of(app, "control", 60):
