@@ -18,6 +18,7 @@ from serving.store import ExperimentStore
 from shipyard.config.serving import CaptureSection, ServingConfig
 from shipyard.monitoring.capture import Capture, sampled
 from shipyard.storage import StateDir
+from tests.unit.test_edge import bundle, row  # noqa: F401  (fixtures: a real ONNX version)
 from tests.unit.test_router import Aliases, Handle, Model
 from tests.unit.test_storage import FaultyDir, Plan
 
@@ -166,3 +167,28 @@ def test_capture_can_be_turned_off(tmp_path: Path) -> None:
                       review_dir=str(tmp_path), events_path=str(tmp_path / "ev.jsonl"))  # fmt: skip
     router = Router(app, {"control": Handle(Model("control"))}, Handle(object()))
     assert router.capture is None
+
+
+def test_real_variants_tell_the_router_their_features_and_capture_writes_them(
+    tmp_path: Path,
+    bundle: Path,  # noqa: F811  (the fixture imported above)
+    row: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same path over real ONNX variants (VariantModel): their feature kinds reach the
+    router's capture, so it can type the columns and write."""
+    from tests.unit.test_edge import App, _outside_serve
+
+    _outside_serve(monkeypatch)
+    app = App(tmp_path, bundle)
+    with app.client() as client:
+        assert client.portal is not None
+        client.portal.call(app.router.check_health)
+        for i in range(5):
+            assert (
+                client.post("/predict", json={"instance": row, "key": f"k{i}"}).status_code == 200
+            )
+    assert app.router.capture is not None and set(row) <= set(app.router.capture.kinds)
+    assert app.router.capture.flush() == 5
+    rows = read(StateDir(tmp_path / "state").child("capture"))
+    assert len(rows) == 5 and set(row) <= set(rows.columns)

@@ -241,6 +241,25 @@ def ab_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stop_serving(cluster: LocalCluster, home: Path, model: str) -> None:
+    """`serve shutdown`: each router hands what it buffered to the store and to request capture
+    before it stops; then say where the capture is (Parquet, readable with no Shipyard code)."""
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    print("\n$ serve shutdown -y   (routers write what they buffered)", flush=True)
+    subprocess.run([serve_bin, "shutdown", "-y", "--address", cluster.address], env=ray_env(),
+                   check=False, timeout=180)  # fmt: skip
+    where = home / "serving" / model / "capture" / "requests"
+    if not where.exists():
+        print(f"no request capture under {where}")
+        return
+    import pandas as pd
+
+    served = pd.read_parquet(where)
+    live = served[~served["served_shadow"]]
+    print(f"request capture: {len(live)} served records with every raw feature, "
+          f"{live['served_request_id'].nunique()} requests, under {where}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--state", default="state", help="state directory (SHIPYARD_HOME)")
@@ -338,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"alert: {e['kind']} {e['model']} v{e['version']} {e['variant']} {e['features']}"
                 )
         if not args.keep_serving:
+            stop_serving(cluster, home, name)
             print(
-                "\nThe app stops with this demo's cluster. To keep it up and try it yourself:\n"
+                "\nThe app stopped with this demo's cluster. To keep it up and try it yourself:\n"
                 "  make demo KEEP=1    (python -m shipyard.demo --keep-serving)"
             )
             return 0
