@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export SHIPYARD_HOME ?= $(abspath $(STATE))
 
-.PHONY: install lock demo test lint unit bench docs clean help mlflow-ui cluster-up cluster-down cluster-status tune learning-curve
+.PHONY: install lock demo test check lint unit bench docs clean help mlflow-ui cluster-up cluster-down cluster-status tune learning-curve
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -46,8 +46,10 @@ lint: install  ## ruff + mypy
 	$(VENV)/bin/ruff format --check lib jobs serving tests benchmarks
 	$(VENV)/bin/mypy
 
-unit: install
-	$(PY) -m pytest -m unit -q
+unit: install  ## the unit tests alone (pure logic, no Ray)
+	$(PY) -m pytest -m unit -q -p no:cacheprovider
+
+check: lint unit  ## the fast loop: ruff, mypy and every unit test (no Ray), about 2 minutes
 
 test: install lint  ## the whole suite: lint, unit, integration, model
 	$(PY) -m pytest -q --durations=15 -p no:cacheprovider

@@ -1,4 +1,5 @@
-"""Markers by folder: tests/unit -> unit, tests/integration -> integration, tests/model -> model."""
+"""Markers by folder: tests/unit -> unit, tests/integration -> integration, tests/model -> model;
+tests/integration/test_cluster.py is also `cluster` (the multi-node autoscaling cluster)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for kind in ("unit", "integration", "model"):
             if f"{os.sep}tests{os.sep}{kind}{os.sep}" in str(item.fspath):
                 item.add_marker(getattr(pytest.mark, kind))
+        if item.path.name == "test_cluster.py":
+            item.add_marker(pytest.mark.cluster)
 
 
 # --- Session fixtures shared by integration and model tests (created only when requested) ----
