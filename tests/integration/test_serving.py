@@ -877,7 +877,7 @@ def test_promote_moves_traffic_and_the_champion_alias(
 
 
 def test_drift_retrains_and_the_new_version_waits_for_approval(
-    client: Client, registry: Any, cluster: Any
+    client: Client, registry: Any, cluster: Any, tmp_path: Path
 ) -> None:
     """Runs last: approval redeploys the app. The drift episodes above started exactly one
     retraining job (one at a time, then a cooldown); its version takes no traffic until a person
@@ -899,7 +899,7 @@ def test_drift_retrains_and_the_new_version_waits_for_approval(
     assert request["status"] == "awaiting_approval", (request, logs)
     version = request["version"]
     lineage = json.loads(
-        (registry.download(SERVE_MODEL, version) / "lineage.json").read_text()
+        (registry.download(SERVE_MODEL, version, tmp_path) / "lineage.json").read_text()
     )  # the version knows why it was trained
     assert lineage["trigger"]["request"] == request["id"] and lineage["trigger"]["kind"] == "drift"
     live = client.get("/variants")["variants"]
