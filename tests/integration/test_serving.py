@@ -922,6 +922,13 @@ def test_drift_retrains_and_the_new_version_waits_for_approval(
             if name in variants and client.get("/retrain")["requests"][0]["status"] == "live":
                 break
         time.sleep(2)
+    else:  # say where the rollover stopped: the request's status and error, Serve's view
+        from ray import serve
+
+        raise AssertionError(
+            f"{name} not live after 300 s: {client.get('/retrain')['requests'][0]}; "
+            f"variants {sorted(variants)}; serve {serve.status()}"
+        )
     assert variants[name]["weight"] == 5 and int(variants[name]["model_version"]) == version
     r = client.predict(headers={"X-Shipyard-Variant": name})
     assert r.status_code == 200 and r.json()["model_version"] == str(version)
