@@ -38,3 +38,15 @@ def test_csv_random_split_and_fitted_preprocessing(connected: Any, tmp_path: Pat
     again = prepare(cfg)
     assert again.fingerprint["sha256"] == prep.fingerprint["sha256"]
     assert again.rows == prep.rows
+
+
+def test_worker_shards_keep_every_row_and_refuse_more_workers_than_rows(connected: Any) -> None:
+    from shipyard.errors import DataValidationError
+    from shipyard.training import fit
+
+    ds = ray.data.range(10).materialize()
+    frames = [fit.shard_frame(refs) for refs in fit.shards(ds, 3, "train")]
+    assert [len(f) for f in frames] == [3, 3, 4]
+    assert sorted(v for f in frames for v in f["id"]) == list(range(10))
+    with pytest.raises(DataValidationError, match="train.num_workers=2"):
+        fit.shards(ray.data.range(1).materialize(), 2, "valid")

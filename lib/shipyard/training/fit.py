@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import ray.data
 import xgboost as xgb
 
 from shipyard.bundle.schema import InputSchema
 from shipyard.config.jobs import TrainSection
+from shipyard.errors import DataValidationError
 from shipyard.training import dataspec
 
 logger = logging.getLogger(__name__)
@@ -98,7 +100,7 @@ def _report_callback(metrics: dict[str, str], frequency: int, resumed_from: int)
     return CheckpointReportCallback(metrics=metrics, frequency=frequency)
 
 
-def shards(ds: ray.data.Dataset, n: int) -> list[list[Any]]:
+def shards(ds: ray.data.Dataset, n: int, split: str) -> list[list[Any]]:
     """A materialised dataset cut into `n` contiguous shards of near-equal row counts (none
     dropped), each the list of its Arrow blocks' object refs.
 
@@ -108,18 +110,19 @@ def shards(ds: ray.data.Dataset, n: int) -> list[list[Any]]:
     after a worker or node loss reads the same shards (lost blocks are rebuilt from lineage).
     """
     rows = ds.count()
+    if rows < n:
+        raise DataValidationError(
+            f"the {split} split has {rows} rows, fewer than train.num_workers={n}: "
+            f"set train.num_workers to at most {max(rows, 1)} or give more data"
+        )
     cuts = [rows * i // n for i in range(1, n)]
     parts = ds.split_at_indices(cuts) if cuts else [ds]
     return [part.to_arrow_refs() for part in parts]
 
 
 def shard_frame(refs: list[Any]) -> pd.DataFrame:
-    import pyarrow as pa
-
-    tables = ray.get(list(refs))
-    if not tables:
-        raise ValueError("a training worker got an empty shard: fewer rows than workers")
-    frame: pd.DataFrame = pa.concat_tables(tables).to_pandas()
+    """One worker's shard (from `shards`) as a DataFrame."""
+    frame: pd.DataFrame = pa.concat_tables(ray.get(list(refs))).to_pandas()
     return frame
 
 
@@ -194,8 +197,8 @@ def train_xgboost(
             "early_stopping_rounds": cfg.early_stopping_rounds,
             "checkpoint_every": cfg.checkpoint_every,
             "shards": {
-                "train": shards(train, cfg.num_workers),
-                "valid": shards(valid, cfg.num_workers),
+                "train": shards(train, cfg.num_workers, "train"),
+                "valid": shards(valid, cfg.num_workers, "valid"),
             },
         },
         scaling_config=ScalingConfig(
