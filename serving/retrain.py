@@ -271,7 +271,9 @@ class RetrainCoordinator:
                 if a.get("import_path", "").endswith("build_app")
                 and _args(a).get("model") == self.cfg.model
             )  # fmt: skip
-            args = with_canary(_args(app), traffic, r["version"], self.section.canary_weight)
+            args = with_canary(
+                _args(app), traffic, r["version"], self.section.canary_weight, self.versions
+            )
             new_cfg = ServingConfig.model_validate(args)  # refuse before touching anything
             app["args"] = args
             for d in app.get("deployments", []):  # a router user_config override would win

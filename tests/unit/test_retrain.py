@@ -173,6 +173,18 @@ def test_the_canary_joins_with_the_live_traffic_kept() -> None:
     assert APP["variants"][0]["weight"] == 90  # the input is not modified
 
 
+def test_the_redeploy_pins_every_variant_to_the_version_it_serves() -> None:
+    """An alias resolved at the last deploy may have moved or gone since (a rollback removes
+    `challenger`, a promotion moves `champion`): the redeploy keeps what each variant serves."""
+    live = {"weights": {"control": 90, "treatment": 10}, "control": "control"}
+    args = with_canary(APP, live, 7, 5.0, {"control": 1, "treatment": 2, "mirror": 2})
+    v = {x.name: x for x in ServingConfig.model_validate(args).variants}
+    assert (v["control"].version, v["treatment"].version, v["mirror"].version) == (1, 2, 2)
+    assert v["retrain-v7"].version == 7
+    unpinned = with_canary(APP, live, 7, 5.0)  # no record of what is served: as configured
+    assert unpinned["variants"][0]["version"] == "champion"
+
+
 class FakeJobs:
     def __init__(self) -> None:
         self.submitted: list[tuple[str, str, dict[str, Any]]] = []

@@ -89,13 +89,20 @@ def canary_name(version: int) -> str:
 
 
 def with_canary(
-    app_args: dict[str, Any], traffic: dict[str, Any], version: int, weight: float
+    app_args: dict[str, Any],
+    traffic: dict[str, Any],
+    version: int,
+    weight: float,
+    serving: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The serving app's args with version `version` added as a live variant at `weight`.
 
     Every other variant keeps the traffic it has now (`traffic`: the live weights, shadows and
-    control, which PUT /variants or a rollback may have changed since the last deploy); the new
-    variant copies the control's resources.
+    control, which PUT /variants or a rollback may have changed since the last deploy) and the
+    version it serves now (`serving`: variant -> version number, as resolved at the last
+    deploy): an alias such as `challenger` may have moved or gone since (a rollback, a
+    promotion, another retrain), and the redeploy must neither fail on it nor switch a live
+    variant to another version. The new variant copies the control's resources.
     """
     args = copy.deepcopy(app_args)
     variants = args["variants"]
@@ -104,6 +111,8 @@ def with_canary(
         (v["name"] for v in variants if v.get("weight", 0) > 0), names[0]
     )
     for v in variants:
+        if serving and v["name"] in serving:
+            v["version"] = int(serving[v["name"]])
         if v["name"] in traffic.get("weights", {}):
             v["weight"] = traffic["weights"][v["name"]]
         v["shadow"] = traffic.get("shadow", {}).get(v["name"], 0.0)
