@@ -11,14 +11,10 @@ import logging
 import os
 import sys
 
-import ray
-
 from shipyard.config.base import parse_set
 from shipyard.config.jobs import load_train_config
 from shipyard.contract import EXIT_GATES, EXIT_OK, exit_on, result_line
 from shipyard.errors import ShipyardError
-from shipyard.training.pipeline import run_training
-from shipyard.training.verdicts import verdict_lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_train_config(args.config, overrides)
     except ShipyardError as err:
         return exit_on(err)
+
+    # Imported once the config is valid: a bad config is refused in a fraction of a second, not
+    # after the seconds it takes to import Ray, XGBoost, scikit-learn and MLflow.
+    import ray
+
+    from shipyard.training.pipeline import run_training
+    from shipyard.training.verdicts import verdict_lines
 
     ray.init(address=args.address, log_to_driver=True)
     try:

@@ -26,7 +26,9 @@ from shipyard.events import EventLog
 from tests.conftest import Job, job_result, write_config
 
 IDLE_S = 20
-ROUNDS, CKPT_EVERY = 4000, 400  # per tuning trial: long enough to lose its node in the middle
+# Per tuning trial: long enough to lose its node in the middle (10-40 s a trial on 2 busy cores;
+# each step below waits for a trial in the first half of its checkpoints, whatever the speed).
+ROUNDS, CKPT_EVERY = 2000, 200
 TRIALS = 4  # two waves of two: trials are still to run when the driver is killed
 
 

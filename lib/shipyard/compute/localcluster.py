@@ -44,6 +44,7 @@ from shipyard.compute.localray import LocalCluster, group_alive, ray_env, stop_g
 from shipyard.compute.spot import CAPACITY_LABEL
 
 HEAD_TYPE = "ray.head.default"
+NODE_MEMORY_BYTES = 2 * 1024**3
 
 
 class LocalSpotProvider(FakeMultiNodeProvider):
@@ -68,6 +69,10 @@ class LocalSpotProvider(FakeMultiNodeProvider):
                 "There is no Spot capacity available that matches your request (simulated).",
                 None,
             )
+        # The node type declares its memory so that the autoscaler can place tasks that ask for
+        # some (Ray Data's reads may); the fake node's raylet measures its own, as a VM's does,
+        # and refuses `memory` among custom resources.
+        resources = {k: v for k, v in resources.items() if k != "memory"}
         parent: Any = super()  # Ray's provider is untyped
         return parent.create_node_with_resources_and_labels(
             node_config, tags, count, resources, labels
@@ -78,7 +83,9 @@ def worker_type(
     priority: int, capacity: str, cpus: int, max_workers: int, idle_s: float
 ) -> dict[str, Any]:
     return {
-        "resources": {"CPU": cpus},
+        # Memory as the autoscaler plans with it (below what a raylet on this machine measures):
+        # a type without it cannot take a request for memory, and the request waits forever.
+        "resources": {"CPU": cpus, "memory": NODE_MEMORY_BYTES},
         "node_config": {},
         "min_workers": 0,
         "max_workers": max_workers,
