@@ -36,6 +36,10 @@ class RecordBuffer:
         self.batch_rows = batch_rows
         self.rows: list[dict[str, Any]] = []
         self.dropped = 0
+        # One flush at a time: a caller that flushes before reading or joining (GET /ab,
+        # POST /feedback) must find its rows at the store, not in another caller's batch that
+        # is still on its way there.
+        self._flushing = asyncio.Lock()
 
     def add(self, kind: str = "req", **fields: Any) -> None:
         """Every row has an id (a request's own; a fresh one for a shadow answer), so the store
@@ -54,7 +58,12 @@ class RecordBuffer:
 
     async def flush(self) -> None:
         """Send everything buffered, `batch_rows` at a time (each call stays quick, also after a
-        backlog built up while the store was away)."""
+        backlog built up while the store was away). When it returns, every row added before
+        the call has reached the store, or the store is away and the rows wait in the buffer."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         while self.rows:
             batch, self.rows = self.rows[: self.batch_rows], self.rows[self.batch_rows :]
             try:

@@ -26,6 +26,7 @@ from shipyard.events import EventLog
 from tests.conftest import Job, job_result, write_config
 
 IDLE_S = 20
+TRAIN_ROUNDS = 3000  # the spot-loss training run (8,000 rows, one worker: 5-10 ms a round)
 # Per tuning trial: long enough to lose its node in the middle (10-40 s a trial on 2 busy cores;
 # each step below waits for a trial in the first half of its checkpoints, whatever the speed).
 ROUNDS, CKPT_EVERY = 2000, 200
@@ -93,9 +94,11 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
         str(dataset / "*.parquet"),
         model={"name": "churn-cluster"},
         train={
-            # Long enough (~30 s of boosting) that the node goes mid-run, not after the end.
-            "num_workers": 1, "num_boost_round": 250, "early_stopping_rounds": 250,
-            "checkpoint_every": 10, "storage_path": str(ckpt), "max_failures": 0,
+            # Long enough (15-30 s of boosting on 2 busy cores) that the node goes mid-run, not
+            # after the end; no early stop (the registered booster is trimmed to its best round).
+            "num_workers": 1, "num_boost_round": TRAIN_ROUNDS,
+            "early_stopping_rounds": TRAIN_ROUNDS, "checkpoint_every": 100,
+            "storage_path": str(ckpt), "max_failures": 0,
         },
     )  # fmt: skip
     cmd = submit_command(
@@ -103,7 +106,12 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
     )
     job = Job(cmd, ray_env(), home / "cluster-train")
     try:
-        wait_for("a first checkpoint", lambda: latest_checkpoint_rounds(ckpt) > 0, 240)
+        # A checkpoint from the first half of the run, so most of it is still to come when the
+        # node goes (whatever the machine's speed).
+        wait_for(
+            "a checkpoint in the first half of the run",
+            lambda: 0 < latest_checkpoint_rounds(ckpt) <= TRAIN_ROUNDS // 2, 240, every_s=0.2,
+        )  # fmt: skip
         nodes = worker_nodes(acluster.gcs_address)
         assert nodes and {n["node_type"] for n in nodes} == {"cpu-spot"}, nodes
         before = latest_checkpoint_rounds(ckpt)

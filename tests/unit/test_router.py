@@ -212,3 +212,30 @@ def test_a_router_that_serve_stops_hands_its_buffer_to_the_store(tmp_path: Path)
     assert router.records.rows == [] and store.experiment.stats["control"].requests == 3
     again = ExperimentStore(app, aliases=Aliases())  # and they are on storage
     assert again.experiment.stats["control"].requests == 3
+
+
+def test_a_flush_returns_once_the_rows_before_it_reached_the_store() -> None:
+    """GET /ab and POST /feedback flush before they read or join: a row that another flush has
+    already taken, and is still sending, must be at the store before they go on."""
+    from serving.records import RecordBuffer
+
+    sent: list[str] = []
+
+    async def send(rows: list[dict[str, Any]]) -> list[Any]:
+        await asyncio.sleep(0.05)
+        sent.extend(r["id"] for r in rows)
+        return []
+
+    async def nothing() -> None:
+        return None
+
+    async def scenario() -> None:
+        buffer = RecordBuffer(send, nothing)
+        buffer.add(id="a")
+        background = asyncio.ensure_future(buffer.flush())  # the periodic flush takes row a
+        await asyncio.sleep(0)
+        await buffer.flush()  # nothing left in the buffer, but a is still on its way
+        assert sent == ["a"]
+        await background
+
+    asyncio.run(scenario())

@@ -105,3 +105,31 @@ def test_searchers_carry_the_concurrency_limit(searcher: str) -> None:
     alg = make_searcher(TuneSection(searcher=searcher, max_concurrent_trials=2))
     assert alg.max_concurrent == 2
     assert make_searcher(TuneSection(searcher="random")).max_concurrent == 0  # unlimited
+
+
+def test_a_resumed_run_stops_and_is_trimmed_where_the_uninterrupted_run_is() -> None:
+    """Early stopping carries over a checkpoint: the best round before a lost node is kept."""
+    import numpy as np
+    import xgboost as xgb
+
+    from shipyard.training.fit import early_stopping
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 5))
+    y = (x[:, 0] + rng.normal(scale=2.0, size=600) > 0).astype(int)  # noisy: the best is early
+    dtrain, dvalid = xgb.DMatrix(x[:400], label=y[:400]), xgb.DMatrix(x[400:], label=y[400:])
+    params = {"objective": "binary:logistic", "eval_metric": "auc", "eta": 0.5, "max_depth": 6,
+              "seed": 0, "nthread": 1}  # fmt: skip
+
+    def boost(rounds: int, start: xgb.Booster | None = None) -> xgb.Booster:
+        return xgb.train(params, dtrain, rounds, evals=[(dvalid, "valid")], xgb_model=start,
+                         verbose_eval=False, callbacks=early_stopping(30, "auc"))  # fmt: skip
+
+    whole = boost(300)
+    best = int(whole.attr("best_iteration") or -1)
+    assert whole.num_boosted_rounds() == best + 31 < 300  # stopped 30 rounds after its best
+    checkpoint = xgb.Booster()
+    checkpoint.load_model(bytearray(boost(best + 10).save_raw("ubj")))  # as a checkpoint
+    resumed = boost(300 - (best + 10), checkpoint)
+    assert int(resumed.attr("best_iteration") or -1) == best
+    assert resumed.num_boosted_rounds() == whole.num_boosted_rounds()

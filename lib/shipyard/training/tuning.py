@@ -103,15 +103,16 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
                 tune.report(metrics)
             return False
 
+    metric = params["eval_metric"]
     xgb.train(
         params,
         dtrain,
         num_boost_round=max(0, study["max_rounds"] - done),
         evals=[(dvalid, "valid")],
         xgb_model=start,
-        early_stopping_rounds=study["early_stopping_rounds"],
         verbose_eval=False,
-        callbacks=[Report()],
+        # The report first: a round that stops the trial is still reported.
+        callbacks=[Report(), *fit.early_stopping(study["early_stopping_rounds"], metric)],
     )
 
 
