@@ -133,3 +133,16 @@ def test_a_resumed_run_stops_and_is_trimmed_where_the_uninterrupted_run_is() -> 
     resumed = boost(300 - (best + 10), checkpoint)
     assert int(resumed.attr("best_iteration") or -1) == best
     assert resumed.num_boosted_rounds() == whole.num_boosted_rounds()
+
+
+def test_a_shard_of_blocks_with_empty_and_all_missing_ones_is_one_frame() -> None:
+    import pyarrow as pa
+
+    from shipyard.training.fit import blocks_frame
+
+    full = pa.table({"x": pa.array([1.0, 2.0], pa.float32()), "label": [0, 1]})
+    empty = pa.table({})  # what a split may leave behind: no rows, no columns
+    missing = pa.table({"x": pa.nulls(1), "label": [1]})  # every x of the block missing
+    df = blocks_frame([full, empty, missing])
+    assert len(df) == 3 and list(df.columns) == ["x", "label"]
+    assert df["x"].isna().tolist() == [False, False, True] and df["label"].tolist() == [0, 1, 1]

@@ -161,7 +161,15 @@ def shards(ds: ray.data.Dataset, n: int, split: str) -> list[list[Any]]:
 
 def shard_frame(refs: list[Any]) -> pd.DataFrame:
     """One worker's shard (from `shards`) as a DataFrame."""
-    frame: pd.DataFrame = pa.concat_tables(ray.get(list(refs))).to_pandas()
+    return blocks_frame(ray.get(list(refs)))
+
+
+def blocks_frame(blocks: list[pa.Table]) -> pd.DataFrame:
+    """Arrow blocks as one DataFrame. A split can leave a block with no rows and no columns, and
+    a block whose values in a column are all missing has that column typed null: neither may
+    stop the concatenation (seen: "Schema at index 4 was different: ... vs <empty>")."""
+    tables = [b for b in blocks if b.num_rows] or list(blocks[:1])
+    frame: pd.DataFrame = pa.concat_tables(tables, promote_options="default").to_pandas()
     return frame
 
 
