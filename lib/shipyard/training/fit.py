@@ -84,7 +84,7 @@ class ResumingEarlyStopping(xgb.callback.EarlyStopping):
     so far, whatever the checkpoint's `best_score`. A run resumed after a lost node then forgets
     a better round from before the loss, waits `rounds` more rounds from the resume and is
     trimmed to a later, worse round (seen: a run resumed at round 2,300 of 3,000 registered
-    2,425 trees where 300 would have been best, and failed its baseline gate). Here the
+    2,425 trees where 17 were best, and failed its baseline gate). Here the
     checkpoint's best score, best round and the rounds since it carry over, so a resumed run
     stops and is trimmed where the uninterrupted one would have been.
     """
