@@ -4,6 +4,7 @@ tests/integration/test_cluster.py is also `cluster` (the multi-node autoscaling 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -22,12 +23,83 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.cluster)
 
 
+def ray_group(nodeid: str) -> str | None:
+    """Which Ray cluster a test runs on, for pytest-xdist: "session" for the tests on the
+    session's cluster (one cluster, one training run, one serving app), "cluster" for the
+    autoscaling cluster's drills, None for a unit test (no cluster)."""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith("tests/integration/test_cluster.py"):
+        return "cluster"
+    if path.startswith(("tests/integration/", "tests/model/")):
+        return "session"
+    return None
+
+
+# The autoscaling cluster's last tests only wait (the idle scale-down, a spot outage's
+# fallback to on-demand): the session's tests may start beside them, not beside the drills.
+CLUSTER_TAIL = (
+    "test_idle_workers_scale_back_to_zero",
+    "test_spot_outage_falls_back_to_on_demand_within_a_minute",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs on two pytest-xdist workers: one runs the autoscaling cluster's tests
+    while the other runs the unit tests, then the session's tests once the cluster's drills are
+    done. Every test of a Ray group runs in one worker, in file order, so each cluster is
+    started once. The drills spend much of their time waiting (node launches, preemption
+    notices), which the unit tests fill; the session's tests load both cores by themselves
+    (trainings, the serving app), and beside them the drills lose the races they are built on
+    (a node lost mid-run), so those two never overlap. (pytest-xdist's own `loadgroup` cannot
+    group on pytest 9: it renames node ids through an attribute pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayGroups(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return ray_group(nodeid) or nodeid
+
+        def _drills_left(self) -> bool:
+            """Cluster tests other than the waiting tail, queued or not yet done."""
+            return "cluster" in self.workqueue or any(
+                not done and nodeid.rsplit("::", 1)[-1] not in CLUSTER_TAIL
+                for work in self.assigned_work.values()
+                for nodeid, done in work.get("cluster", {}).items()
+            )
+
+        def _assign_work_unit(self, node: Any) -> None:
+            queue = self.workqueue
+            if "cluster" in queue:
+                queue.move_to_end("cluster", last=False)
+            if "session" in queue:
+                queue.move_to_end("session")
+            if next(iter(queue)) == "session":
+                drilling = [n for n, work in self.assigned_work.items() if "cluster" in work]
+                others = [n for n in self.nodes if n not in drilling and not n.shutting_down]
+                if drilling and others:
+                    if self._drills_left():
+                        # Held. The worker of the drills, asking for more, has nothing else
+                        # to do: it runs what it holds and stops (a worker runs its last test
+                        # only once it knows the next one, or that there is none).
+                        if node in drilling and not node.shutting_down:
+                            node.shutdown()
+                        return
+                    node = others[0]  # beside the cluster's tail, on the other worker
+            super()._assign_work_unit(node)
+
+        def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
+            super().mark_test_complete(node, item_index, duration)
+            if list(self.workqueue) == ["session"] and not self._drills_left():
+                self._assign_work_unit(node)  # to the idle worker, which may be another
+
+    return RayGroups(config, log)
+
+
 # --- Session fixtures shared by integration and model tests (created only when requested) ----
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
 
