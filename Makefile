@@ -54,16 +54,10 @@ unit: install  ## the unit tests alone (pure logic, no Ray), on two pytest-xdist
 
 check: lint unit  ## the fast loop: ruff, mypy and every unit test (no Ray), about 1.5 minutes
 
-# Lint runs beside the tests (its output follows theirs); the tests run on two pytest-xdist
-# workers, scheduled by tests/conftest.py: the cluster drills beside the unit tests, then the
-# session's Ray tests. Fails if either fails.
-test: install  ## the whole suite: lint beside unit, integration and model tests (see README: Testing)
-	@log=$$(mktemp); trap 'rm -f $$log' EXIT; \
-	$(MAKE) --no-print-directory lint >$$log 2>&1 & lint=$$!; \
-	$(PY) -m pytest -q -n 2 --durations=15 -p no:cacheprovider; tests=$$?; \
-	wait $$lint; linted=$$?; \
-	echo "--- lint (ran beside the tests): $$([ $$linted -eq 0 ] && echo passed || echo FAILED) ---"; \
-	cat $$log; [ $$tests -eq 0 ] && [ $$linted -eq 0 ]
+# The tests run on two pytest-xdist workers, scheduled by tests/conftest.py: the autoscaling
+# cluster's drills alone first, then the session's Ray tests beside the unit tests.
+test: install lint  ## the whole suite: lint, then unit, integration and model tests (see README: Testing)
+	$(PY) -m pytest -q -n 2 --durations=15 -p no:cacheprovider
 
 bench: install $(BENCH_VENV)/.installed  ## benchmarks side by side with their baselines; ROWS=1000000, REQUESTS=3000, TUNE_ROWS, TRIALS, DRIFT_WINDOWS to scale
 	$(PY) -m benchmarks.run --rows $${ROWS:-1000000} --out benchmarks/results

@@ -36,7 +36,7 @@ def ray_group(nodeid: str) -> str | None:
 
 
 # The autoscaling cluster's last tests only wait (the idle scale-down, a spot outage's
-# fallback to on-demand): the session's tests may start beside them, not beside the drills.
+# fallback to on-demand): other tests may run beside them, not beside the drills.
 CLUSTER_TAIL = (
     "test_idle_workers_scale_back_to_zero",
     "test_spot_outage_falls_back_to_on_demand_within_a_minute",
@@ -45,14 +45,14 @@ CLUSTER_TAIL = (
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`make test` runs on two pytest-xdist workers: one runs the autoscaling cluster's tests
-    while the other runs the unit tests, then the session's tests once the cluster's drills are
-    done. Every test of a Ray group runs in one worker, in file order, so each cluster is
-    started once. The drills spend much of their time waiting (node launches, preemption
-    notices), which the unit tests fill; the session's tests load both cores by themselves
-    (trainings, the serving app), and beside them the drills lose the races they are built on
-    (a node lost mid-run), so those two never overlap. (pytest-xdist's own `loadgroup` cannot
-    group on pytest 9: it renames node ids through an attribute pytest no longer reads.)"""
+    """`make test` runs on two pytest-xdist workers: first the autoscaling cluster's drills,
+    alone; then the session's tests on one worker and, on the other, the cluster's waiting tail
+    and the unit tests. Every test of a Ray group runs in one worker, in file order, so each
+    cluster is started once. The drills run alone because beside other work they lose the races
+    they are built on (tried with the unit tests beside them: in 3 runs of 4 a node lost mid-run
+    was released before the kill, a resumed run restarted from round 0, or a tuning trial did not
+    restart within 4 minutes). (pytest-xdist's own `loadgroup` cannot group on pytest 9: it
+    renames node ids through an attribute pytest no longer reads.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class RayGroups(LoadScopeScheduling):  # type: ignore[misc]
@@ -69,28 +69,32 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def _assign_work_unit(self, node: Any) -> None:
             queue = self.workqueue
+            if "session" in queue:  # the long one first, once the drills are done
+                queue.move_to_end("session", last=False)
             if "cluster" in queue:
                 queue.move_to_end("cluster", last=False)
-            if "session" in queue:
-                queue.move_to_end("session")
-            if next(iter(queue)) == "session":
-                drilling = [n for n, work in self.assigned_work.items() if "cluster" in work]
-                others = [n for n in self.nodes if n not in drilling and not n.shutting_down]
-                if drilling and others:
-                    if self._drills_left():
-                        # Held. The worker of the drills, asking for more, has nothing else
-                        # to do: it runs what it holds and stops (a worker runs its last test
-                        # only once it knows the next one, or that there is none).
-                        if node in drilling and not node.shutting_down:
-                            node.shutdown()
-                        return
-                    node = others[0]  # beside the cluster's tail, on the other worker
+            if next(iter(queue)) != "cluster" and self._drills_left():
+                # Held until the drills are done. Their worker, asking for more, has nothing
+                # else to do: it runs what it holds and stops (a worker runs its last test only
+                # once it knows the next one, or that there is none).
+                if "cluster" in self.assigned_work[node] and not node.shutting_down:
+                    node.shutdown()
+                return
+            if next(iter(queue)) == "session" and "cluster" in self.assigned_work[node]:
+                idle = [n for n in self.nodes if n is not node and not n.shutting_down]
+                node = idle[0] if idle else node  # beside the cluster's tail, not after it
             super()._assign_work_unit(node)
 
         def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
             super().mark_test_complete(node, item_index, duration)
-            if list(self.workqueue) == ["session"] and not self._drills_left():
-                self._assign_work_unit(node)  # to the idle worker, which may be another
+            for other in self.nodes:  # a worker held idle while the drills ran
+                if (
+                    self.workqueue
+                    and not self._drills_left()
+                    and not other.shutting_down
+                    and not self._pending_of(self.assigned_work[other])
+                ):
+                    self._assign_work_unit(other)
 
     return RayGroups(config, log)
 
