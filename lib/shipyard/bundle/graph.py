@@ -152,8 +152,9 @@ def single_row_latency(
     """p50/p99 in milliseconds of single-record inference, ONNX graph only (no HTTP)."""
     # One feed for the rows, cut into single-row feeds (a row at a time through pandas costs
     # ~5 ms each, more than the inference being timed).
-    rows = predictor.schema.onnx_feed(df.iloc[: min(n, len(df))])
-    feeds = [{k: v[i : i + 1] for k, v in rows.items()} for i in range(min(n, len(df)))]
+    m = min(n, len(df))
+    rows = predictor.schema.onnx_feed(df.iloc[:m])
+    feeds = [{k: v[i : i + 1] for k, v in rows.items()} for i in range(m)]
     for i in range(warmup):
         predictor.run(feeds[i % len(feeds)])
     times = []
