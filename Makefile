@@ -57,7 +57,7 @@ check: lint unit  ## the fast loop: ruff, mypy and every unit test (no Ray), abo
 # The tests run on two pytest-xdist workers, scheduled by tests/conftest.py: the autoscaling
 # cluster's drills alone first, then the session's Ray tests beside the unit tests.
 test: install lint  ## the whole suite: lint, then unit, integration and model tests (see README: Testing)
-	$(PY) -m pytest -q -n 3 --durations=15 -p no:cacheprovider
+	$(PY) -m pytest -q -n 2 --durations=15 -p no:cacheprovider
 
 bench: install $(BENCH_VENV)/.installed  ## benchmarks side by side with their baselines; ROWS=1000000, REQUESTS=3000, TUNE_ROWS, TRIALS, DRIFT_WINDOWS to scale
 	$(PY) -m benchmarks.run --rows $${ROWS:-1000000} --out benchmarks/results

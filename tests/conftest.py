@@ -36,7 +36,7 @@ def ray_group(nodeid: str) -> str | None:
 
 
 # The autoscaling cluster's last tests only wait (the idle scale-down, a spot outage's
-# fallback to on-demand): the session's tests may run beside them, not beside the drills.
+# fallback to on-demand): other tests may run beside them, not beside the drills.
 CLUSTER_TAIL = (
     "test_idle_workers_scale_back_to_zero",
     "test_spot_outage_falls_back_to_on_demand_within_a_minute",
@@ -45,26 +45,17 @@ CLUSTER_TAIL = (
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`make test` runs on three pytest-xdist workers: the autoscaling cluster's drills on one,
-    the unit tests on another, in the background (`background`: the lowest CPU priority, so
-    they use only the CPU the drills leave idle); once the drills are done, the session's tests
-    (one Ray cluster, one training run, one serving app) on the third, beside the cluster's
-    waiting tail and what is left of the unit tests. Every test of a Ray group runs in one
-    worker, in file order, so each cluster is started once. The drills run with nothing else
-    at their priority because they race real timers and lose when they share the CPU evenly
-    (tried with the unit tests beside them at the same priority: in 3 runs of 4 a node lost
-    mid-run was released before the kill, a resumed run restarted from round 0, or a tuning
-    trial did not restart within 4 minutes); the session's tests are not run in the
-    background because Ray's own start-up timeouts fail there (tried: a `ray start` starved
-    beside the drills timed out). (pytest-xdist's own `loadgroup` cannot group on pytest 9: it
+    """`make test` runs on two pytest-xdist workers: first the autoscaling cluster's drills,
+    alone; then the session's tests on one worker and, on the other, the cluster's waiting tail
+    and the unit tests. Every test of a Ray group runs in one worker, in file order, so each
+    cluster is started once. The drills run alone because beside other work they lose the races
+    they are built on (tried with the unit tests beside them: in 3 runs of 4 a node lost mid-run
+    was released before the kill, a resumed run restarted from round 0, or a tuning trial did not
+    restart within 4 minutes). (pytest-xdist's own `loadgroup` cannot group on pytest 9: it
     renames node ids through an attribute pytest no longer reads.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class RayGroups(LoadScopeScheduling):  # type: ignore[misc]
-        def __init__(self, config: pytest.Config, log: Any) -> None:
-            super().__init__(config, log)
-            self.units: set[Any] = set()  # workers that ran unit tests (in the background)
-
         def _split_scope(self, nodeid: str) -> str:
             return ray_group(nodeid) or nodeid
 
@@ -78,116 +69,34 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def _assign_work_unit(self, node: Any) -> None:
             queue = self.workqueue
-            for first in ("session", "cluster"):  # the drills, then the long one, then units
-                if first in queue:
-                    queue.move_to_end(first, last=False)
-            free = [n for n in self.nodes if not self.assigned_work[n] and not n.shutting_down]
-            if next(iter(queue)) == "session":
-                if not self._drills_left():  # to a worker never in the background
-                    target = free[0] if free else None if node in self.units else node
-                    if target is not None:
-                        super()._assign_work_unit(target)
-                        return
-                units = [scope for scope in queue if scope not in ("session", "cluster")]
-                if not units or (len(self.nodes) > 2 and free == [node] and self._drills_left()):
-                    return  # nothing to give now, or held for the session's tests
-                queue.move_to_end(units[0], last=False)
-            if next(iter(queue)) not in ("session", "cluster"):
-                self.units.add(node)
+            if "session" in queue:  # the long one first, once the drills are done
+                queue.move_to_end("session", last=False)
+            if "cluster" in queue:
+                queue.move_to_end("cluster", last=False)
+            if next(iter(queue)) != "cluster" and self._drills_left():
+                # Held until the drills are done. Their worker, asking for more, has nothing
+                # else to do: it runs what it holds and stops (a worker runs its last test only
+                # once it knows the next one, or that there is none).
+                if "cluster" in self.assigned_work[node] and not node.shutting_down:
+                    node.shutdown()
+                return
+            if next(iter(queue)) == "session" and "cluster" in self.assigned_work[node]:
+                idle = [n for n in self.nodes if n is not node and not n.shutting_down]
+                node = idle[0] if idle else node  # beside the cluster's tail, not after it
             super()._assign_work_unit(node)
 
         def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
             super().mark_test_complete(node, item_index, duration)
-            for other in self.nodes:  # one held, or one waiting to be told its last test is
-                if other is not node and self._pending_of(self.assigned_work[other]) < 2:
-                    self._reschedule(other)
+            for other in self.nodes:  # a worker held idle while the drills ran
+                if (
+                    self.workqueue
+                    and not self._drills_left()
+                    and not other.shutting_down
+                    and not self._pending_of(self.assigned_work[other])
+                ):
+                    self._assign_work_unit(other)
 
     return RayGroups(config, log)
-
-
-_BACKGROUND: list[bool] = []
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """In a pytest-xdist worker, the unit tests run in the background (from the first on)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker and not _BACKGROUND and ray_group(item.nodeid) is None:
-        _BACKGROUND.append(True)
-        background()
-
-
-def background() -> None:
-    """This worker and everything it starts, from now on, at the lowest CPU priority.
-
-    On Linux the scheduler first shares the CPU between sessions (autogroups), then between
-    the processes of a session by their nice value; a Ray cluster (`ray start`) and each Ray job
-    driver start sessions of their own. So: a session of this worker's own at nice 19, and a
-    watcher that puts every new session among this worker's descendants at nice 19 too. Where
-    a step is not possible (no autogroups, another OS) the rest still applies."""
-    import contextlib
-    import threading
-
-    with contextlib.suppress(OSError):
-        os.setsid()  # Ctrl-C still reaches this worker: see pytest_keyboard_interrupt
-    os.nice(19 - os.nice(0))
-    _autogroup_nice(os.getpid())
-    threading.Thread(target=_watch_descendants, name="background", daemon=True).start()
-
-
-def _autogroup_nice(pid: int) -> None:
-    import contextlib
-
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/autogroup", "r+") as f:
-        if not f.read().rstrip().endswith("nice 19"):
-            f.seek(0)
-            f.write("19")
-
-
-def _processes() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, session id), from /proc."""
-    import contextlib
-
-    out: dict[int, tuple[int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                with open(f"/proc/{entry.name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid
-                out[int(entry.name)] = (int(fields[1]), int(fields[3]))
-    return out
-
-
-def _watch_descendants() -> None:
-    import time
-
-    me = os.getpid()
-    while True:
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in _processes().items():
-            children.setdefault(ppid, []).append(pid)
-        stack = list(children.get(me, []))
-        while stack:
-            pid = stack.pop()
-            _autogroup_nice(pid)
-            stack.extend(children.get(pid, []))
-        time.sleep(1)
-
-
-def pytest_keyboard_interrupt() -> None:
-    """Ctrl-C reaches the controller's session only: pass it on to the pytest-xdist workers
-    that run in sessions of their own (`background`), so they tear down what they started."""
-    import contextlib
-    import signal
-
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    me = os.getpid()
-    processes = _processes()
-    for pid, (ppid, session) in processes.items():
-        if ppid == me and session == pid:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGINT)
 
 
 # --- Session fixtures shared by integration and model tests (created only when requested) ----
