@@ -249,7 +249,7 @@ def run_serve(
         out["toggle_turns"] = turns
         serve.delete("shipyard")
     finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]
+        serve.shutdown()
         ray.shutdown()
     return out
 

@@ -255,7 +255,7 @@ class DriftActor:
             "rows": metrics.Gauge(
                 "shipyard_drift_rows",
                 description="Rows a drift actor has counted.",
-                tag_keys=("model", "variant"),  # type: ignore[arg-type]
+                tag_keys=("model", "variant"),
             ),
         }
 

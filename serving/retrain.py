@@ -61,7 +61,7 @@ def _dashboard_url(address: str | None) -> str:
     import ray
     from ray.dashboard.utils import ray_address_to_api_server_url
 
-    return ray_address_to_api_server_url(ray.get_runtime_context().gcs_address)
+    return str(ray_address_to_api_server_url(ray.get_runtime_context().gcs_address))
 
 
 class RayJobs:

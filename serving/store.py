@@ -43,13 +43,13 @@ class Generations:
         self.kv, self.key = internal_kv, key
 
     def known(self) -> int:
-        if not self.kv._internal_kv_initialized():  # type: ignore[no-untyped-call]
+        if not self.kv._internal_kv_initialized():
             return 0
         raw = self.kv._internal_kv_get(self.key, namespace=KV_NAMESPACE)
         return int(raw) if raw else 0
 
     def record(self, seq: int) -> None:
-        if self.kv._internal_kv_initialized():  # type: ignore[no-untyped-call]
+        if self.kv._internal_kv_initialized():
             self.kv._internal_kv_put(self.key, str(seq), overwrite=True, namespace=KV_NAMESPACE)
 
 

@@ -290,7 +290,7 @@ def test_spot_outage_falls_back_to_on_demand_within_a_minute(
     try:
         ray.init(address=acluster.gcs_address, log_to_driver=False)
 
-        @ray.remote(num_cpus=1)
+        @ray.remote(num_cpus=1)  # type: ignore[untyped-decorator]
         def where() -> str:
             return str(ray.get_runtime_context().get_node_id())
 

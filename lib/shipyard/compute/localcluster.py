@@ -47,7 +47,7 @@ HEAD_TYPE = "ray.head.default"
 NODE_MEMORY_BYTES = 2 * 1024**3
 
 
-class LocalSpotProvider(FakeMultiNodeProvider):
+class LocalSpotProvider(FakeMultiNodeProvider):  # type: ignore[misc]
     """Ray's fake multi-node provider, plus spot capacity that can run out.
 
     While `provider.outage_file` exists, launching a node type labelled spot fails immediately with
@@ -224,7 +224,7 @@ def worker_nodes(gcs_address: str) -> list[dict[str, Any]]:
 
     out = []
     for info in GcsClient(address=gcs_address).get_all_node_info().values():
-        if info.state != gcs_pb2.GcsNodeInfo.ALIVE or info.is_head_node:  # type: ignore[attr-defined]
+        if info.state != gcs_pb2.GcsNodeInfo.ALIVE or info.is_head_node:
             continue
         labels = dict(info.labels)
         out.append(

@@ -62,7 +62,7 @@ def fit_curve(
     return out
 
 
-@ray.remote
+@ray.remote  # type: ignore[untyped-decorator]
 def _fit_fraction(
     arrays: dict[str, Any], params: dict[str, Any], n: int, seed: int, rounds: int, patience: int
 ) -> tuple[int, int, bytes]:

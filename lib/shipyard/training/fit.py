@@ -125,7 +125,7 @@ def _report_callback(metrics: dict[str, str], frequency: int, resumed_from: int)
     """
     from ray.train.xgboost import RayTrainReportCallback
 
-    class CheckpointReportCallback(RayTrainReportCallback):
+    class CheckpointReportCallback(RayTrainReportCallback):  # type: ignore[misc]
         def _save_and_report_checkpoint(self, report_dict: dict[str, Any], model: Any) -> None:
             # Also the end-of-training report, which has no metrics when a run resumed from
             # a checkpoint taken at its last round.
