@@ -127,7 +127,9 @@ class LocalCluster:
             cmd,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**ray_env(), **self.env},
+            # TMPDIR: what Ray's processes leave in temporary directories (a killed trial's,
+            # the dashboard's multiprocessing sockets) goes with the cluster's own temp dir.
+            env={**ray_env(), "TMPDIR": self.temp_dir, **self.env},
             start_new_session=True,
         )
         deadline = time.monotonic() + self.timeout_s
