@@ -10,7 +10,7 @@ import pytest
 
 from shipyard.demo import datagen
 from shipyard.errors import DataValidationError
-from shipyard.monitoring.performance import PerformanceMonitor, auc, auc_standard_error
+from shipyard.monitoring.performance import PerformanceMonitor, auc_standard_error
 from shipyard.monitoring.review import ReviewSampler, export
 
 
@@ -18,20 +18,6 @@ def test_auc_standard_error_matches_hanley_mcneil() -> None:
     # Hanley & McNeil (1982), table example: AUC 0.8, 50 positives, 50 negatives -> SE ~0.0443.
     assert auc_standard_error(0.8, 50, 50) == pytest.approx(0.0443, abs=5e-4)
     assert auc_standard_error(0.8, 500, 500) < auc_standard_error(0.8, 50, 50)
-
-
-@pytest.mark.parametrize("levels", [None, 7])
-def test_auc_is_sklearns_with_ties_counted_as_half(levels: int | None) -> None:
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(levels or 0)
-    for n in (2, 5, 300):
-        y = (rng.random(n) < 0.4).astype(float)
-        y[:2] = [0.0, 1.0]
-        p = rng.random(n) + 0.3 * y
-        if levels:  # scores on a few levels: many ties, within and across the classes
-            p = np.round(p * levels) / levels
-        assert auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
 
 
 def test_a_small_drop_or_a_small_sample_is_not_drift() -> None:
