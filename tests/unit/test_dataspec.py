@@ -67,27 +67,53 @@ def test_classes() -> None:
 
 def test_random_split_is_stable_and_layout_free() -> None:
     df = datagen.generate(50000)
-    codes = dataspec.split_codes(df, 0.2, seed=0)
+    codes = dataspec.split_codes(df, 0.2, seed=0, target="churned")
     frac = np.bincount(codes, minlength=3) / len(codes)
     assert frac[dataspec.HOLDOUT] == pytest.approx(0.2, abs=0.01)
     assert frac[dataspec.VALID] == pytest.approx(0.08, abs=0.01)
     shuffled = df.sample(frac=1.0, random_state=1)
-    again = pd.Series(dataspec.split_codes(shuffled, 0.2, seed=0), index=shuffled.index)
+    again = pd.Series(
+        dataspec.split_codes(shuffled, 0.2, seed=0, target="churned"), index=shuffled.index
+    )
     assert (again.sort_index().to_numpy() == codes).all()
-    assert (dataspec.split_codes(df, 0.2, seed=1) != codes).mean() > 0.2
+    assert (dataspec.split_codes(df, 0.2, seed=1, target="churned") != codes).mean() > 0.2
 
 
 def test_duplicate_rows_stay_together() -> None:
     df = datagen.generate(500)
     doubled = pd.concat([df, df], ignore_index=True)
-    codes = dataspec.split_codes(doubled, 0.3, seed=0)
+    codes = dataspec.split_codes(doubled, 0.3, seed=0, target="churned")
     assert (codes[:500] == codes[500:]).all()
+
+
+def test_a_repeated_record_goes_to_one_side_whatever_its_label() -> None:
+    """The split hashes the record without its target. Hashed with it, the `yes` copies of a
+    repeated record went to one side and its `no` copies to another: on a table of few distinct
+    records the holdout held exactly the labels training lacked (holdout AUC 0.37, inverted)."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    df = pd.DataFrame({"a": rng.integers(0, 8, n), "b": rng.choice(["x", "y", "z"], n)})
+    df["late"] = np.where(rng.random(n) < 0.3 + 0.05 * df["a"], "yes", "no")  # weak signal
+    codes = dataspec.split_codes(df, 0.25, seed=0, target="late")
+    # Every copy of a record is on the same side, whatever its label ...
+    sides = pd.Series(codes).groupby([df["a"], df["b"]]).nunique()
+    assert (sides == 1).all()
+    flipped = df.assign(late=np.where(df["late"] == "yes", "no", "yes"))
+    assert (dataspec.split_codes(flipped, 0.25, seed=0, target="late") == codes).all()
+    # ... so each side sees the labels the signal gives (hashed with the label, each side saw
+    # only `yes` or only `no` for most records, and the holdout's rates were not training's).
+    rate = (df["late"] == "yes").groupby(df["a"]).mean()
+    held = codes == dataspec.HOLDOUT
+    assert held.any() and (~held).any()
+    for part in (held, ~held):
+        seen = (df["late"][part] == "yes").groupby(df["a"][part]).mean()
+        assert np.allclose(seen, rate[seen.index], atol=0.05)
 
 
 def test_time_split_holds_out_the_latest_rows() -> None:
     df = datagen.generate(5000)
     cutoff = df["ts"].quantile(0.8, interpolation="higher")
-    codes = dataspec.split_codes(df, 0.2, 0, "ts", cutoff)
+    codes = dataspec.split_codes(df, 0.2, 0, "ts", cutoff, target="churned")
     held = df["ts"][codes == dataspec.HOLDOUT]
     assert held.min() >= df["ts"][codes != dataspec.HOLDOUT].max()
     assert (codes == dataspec.HOLDOUT).mean() == pytest.approx(0.2, abs=0.01)

@@ -39,6 +39,12 @@ class DataSection(Strict):
     )
     target: str = Field(description="Column to predict.", min_length=1)
     task: Task = Field(description="binary | multiclass | regression.")
+    positive_class: str | bool | int | None = Field(
+        None,
+        description="Binary: the target value that is the positive class (probabilities, AUC, "
+        "F1, fairness and the served label are about it). Default: the one class that reads as "
+        "1/true/yes/y/positive (any case), else the lexically last; the job prints which.",
+    )
     categorical: list[str] | None = Field(
         None, description="Categorical feature columns; inferred from dtypes when omitted."
     )
@@ -62,6 +68,8 @@ class DataSection(Strict):
 
     @model_validator(mode="after")
     def _no_overlap(self) -> DataSection:
+        if self.positive_class is not None and self.task != "binary":
+            raise ValueError(f"data.positive_class applies to task binary, not {self.task}")
         cats = set(self.categorical or [])
         for col in [self.target, *([self.time_column] if self.time_column else [])]:
             if col in cats or col in self.drop:

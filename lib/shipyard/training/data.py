@@ -126,7 +126,12 @@ class _TagSplit:
     def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
         df = df[df[self.cfg.target].notna()]
         df[dataspec.SPLIT_COLUMN] = dataspec.split_codes(
-            df, self.cfg.holdout, self.cfg.seed, self.cfg.time_column, self.cutoff
+            df,
+            self.cfg.holdout,
+            self.cfg.seed,
+            self.cfg.time_column,
+            self.cutoff,
+            target=self.cfg.target,
         )
         return df
 
@@ -239,7 +244,7 @@ def prepare(cfg: DataSection, carry: Sequence[str] = ()) -> Prepared:
         profile.merge(ProfileAccumulator.from_dict(json.loads(row["profile"])))
         for value, c in json.loads(row["target"]):
             target_counts[value] = target_counts.get(value, 0) + c
-    classes = dataspec.check_classes(cfg.task, cfg.target, target_counts)
+    classes = dataspec.check_classes(cfg.task, cfg.target, target_counts, cfg.positive_class)
 
     notes = list(plan.notes)
     features: list[Feature] = [Feature(c, "numeric") for c in plan.numeric]

@@ -64,6 +64,7 @@ class TrainReport:
             "registered_version": self.registered_version,
             "aliases": self.aliases,
             "gate_failures": self.gate_failures,
+            "target": e["target"],
             "metrics": e["metrics"],
             "baseline": e["baseline"],
             "onnx_latency": e["onnx"]["latency"],
@@ -75,6 +76,17 @@ class TrainReport:
                 for k in ("rounds", "best_iteration", "resumed_from_round", "checkpoint")
             },
         }
+
+
+def target_summary(schema: InputSchema) -> dict[str, Any]:
+    """The target as the model encodes it: its classes in index order and, for a binary model,
+    the positive class (what `probabilities`, AUC, F1 and fairness are about)."""
+    out: dict[str, Any] = {"column": schema.target, "task": schema.task}
+    if schema.task != "regression":
+        out["classes"] = list(schema.classes)
+    if schema.task == "binary":
+        out["positive_class"] = schema.classes[1]
+    return out
 
 
 def slice_summary(report: dict[str, Any], shown: int = 3) -> dict[str, Any]:
@@ -231,9 +243,16 @@ def log_data(registry: Registry, run_id: str, prep: data_mod.Prepared) -> None:
 
 
 def champion_metrics(
-    registry: Registry, name: str, holdout: pd.DataFrame, y: np.ndarray, task: str
+    registry: Registry,
+    name: str,
+    holdout: pd.DataFrame,
+    y: np.ndarray,
+    task: str,
+    classes: tuple[Any, ...] = (),
 ) -> dict[str, Any] | None:
-    """Score the current champion on this run's holdout: same rows, fair comparison."""
+    """Score the current champion on this run's holdout: same rows, fair comparison. `y` is
+    encoded in `classes`' order; a champion that orders its classes otherwise (trained before
+    `data.positive_class`) is scored against the holdout encoded its own way."""
     mv = registry.champion(name)
     if mv is None:
         return None
@@ -243,6 +262,8 @@ def champion_metrics(
         model_bytes = (bundle / "model.onnx").read_bytes()
     try:
         out = OnnxPredictor(model_bytes, schema).predict(holdout)
+        if list(schema.classes) != list(classes):  # scored in the champion's own class order
+            y = schema.encode_target(holdout[schema.target])
     except InvalidInput as err:
         return {"version": int(mv.version), "comparable": False, "reason": str(err)}
     return {"version": int(mv.version), "comparable": True, **ev.task_metrics(task, y, out)}
@@ -267,7 +288,7 @@ def evaluate_candidate(
     predictor = OnnxPredictor(onnx_bytes, schema)
     parity_report = parity(predictor, booster, holdout, gates.parity_tolerance)  # raises if off
     latency = single_row_latency(predictor, holdout)
-    champion = champion_metrics(registry, cfg.model.name, holdout, y, task)
+    champion = champion_metrics(registry, cfg.model.name, holdout, y, task, schema.classes)
     comparable = champion if champion and champion.get("comparable") else None
     verdicts = [*sl.failures(slices), *(fair["failures"] if fair else [])]
     failures = ev.check_gates(
@@ -275,6 +296,7 @@ def evaluate_candidate(
     )
     evaluation = {
         "task": task,
+        "target": target_summary(schema),
         "primary_metric": primary,
         "holdout_rows": len(holdout),
         "metrics": metrics,

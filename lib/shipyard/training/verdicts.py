@@ -10,7 +10,8 @@ from shipyard.training.slices import describe
 
 def verdict_lines(evaluation: dict[str, Any], shown: int = 3) -> list[str]:
     sl, name = evaluation["slices"], evaluation["primary_metric"]
-    lines = [
+    lines = [target_line(evaluation["target"])] if "target" in evaluation else []
+    lines += [
         f"slices: {sl['tested']} tested ({sl['correction']}, alpha {sl['alpha']}, bound "
         f"{sl['max_gap']} {sl['gap_is']}), {sl['failed']} failed, {sl['untested']} too small "
         "to test; worst:"
@@ -27,3 +28,13 @@ def verdict_lines(evaluation: dict[str, Any], shown: int = 3) -> list[str]:
             f"fairness on {col['column']} ({len(col['gapped_groups'])} groups): {gaps or col.get('note', '')}"
         )
     return lines
+
+
+def target_line(target: dict[str, Any]) -> str:
+    """`target late (binary): positive class 'yes' of ['no', 'yes']`."""
+    head = f"target {target['column']} ({target['task']})"
+    if target["task"] == "binary":
+        return f"{head}: positive class {target['positive_class']!r} of {target['classes']}"
+    if target["task"] == "multiclass":
+        return f"{head}: classes in output order {target['classes']}"
+    return head
