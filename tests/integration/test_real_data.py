@@ -54,7 +54,7 @@ def test_flights_slices_include_small_destinations_with_intervals(
     # The job prints the same as lines a person reads, before its result line.
     output = real_runs["flights"]["output"]
     assert f"slices: {result['slices']['tested']} tested (holm, alpha 0.05" in output
-    assert "fairness on origin (3 groups): demographic_parity " in output
+    assert "fairness on origin (3 groups, threshold 0.5): demographic_parity " in output
     fairness = result["fairness"]["origin"]
     for gap in ("demographic_parity_difference", "equalized_odds_difference"):
         lo, hi = fairness[gap]["ci95"]

@@ -6,6 +6,7 @@ from sklearn import metrics as skm
 
 from shipyard.config.jobs import GatesSection
 from shipyard.training import evaluation as ev
+from shipyard.training import slices as sl
 
 
 def test_binary_metrics_match_sklearn() -> None:
@@ -53,3 +54,30 @@ def test_gates() -> None:
         assert needle in text
     # lower-is-better metric: smaller RMSE is a positive lift
     assert ev.lift("regression", 1.0, 2.0) == 1.0
+
+
+def test_a_broken_model_is_called_broken_before_any_gate() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.4).astype(int)
+    good = np.clip(0.4 + 0.3 * (y - 0.4) + rng.normal(0, 0.2, 2000), 0, 1)
+    assert sl.broken("binary", y, good, "yes") == []
+    inverted = 1 - good
+    (reason,) = sl.broken("binary", y, inverted, "yes")
+    assert reason.startswith("broken: holdout auc 0.") and "positive class 'yes'" in reason
+    # Worse than chance by less than its interval is weak, not broken.
+    y40, p40 = np.r_[[1] * 20, [0] * 20], np.r_[np.arange(20), np.arange(20) + 1] / 40
+    assert ev.task_metrics("binary", y40, p40)["auc"] == pytest.approx(0.45125)
+    assert sl.broken("binary", y40, p40, "yes") == []
+    (flat,) = sl.broken("binary", y, np.full(2000, 0.38), "yes")
+    assert flat == (
+        "broken: the model predicts the same for all 2000 holdout rows (0.38): it learnt "
+        "nothing from the features"
+    )
+    assert sl.broken("regression", y.astype(float), good, None) == []
+    assert sl.broken("multiclass", y, np.tile([0.2, 0.8], (2000, 1)), None)[0].startswith(
+        "broken: the model predicts the same for all 2000 holdout rows ([0.2, 0.8])"
+    )
+    reasons = ev.check_gates(
+        "binary", GatesSection(), {"auc": 0.3}, {"auc": 0.6}, None, 0.1, ["slice x"], ["broken"]
+    )
+    assert reasons[0] == "broken" and reasons[-1] == "slice x"

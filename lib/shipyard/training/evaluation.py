@@ -77,11 +77,13 @@ def check_gates(
     champion: dict[str, float] | None,
     latency_p50_ms: float,
     verdicts: Sequence[str] = (),
+    broken: Sequence[str] = (),
 ) -> list[str]:
-    """Reasons the candidate fails its gates; an empty list means it passes. `verdicts`: the
-    slice and fairness gates' own reasons (see `shipyard.training.slices`, `.fairness`)."""
+    """Reasons the candidate fails its gates; an empty list means it passes. `broken`: why the
+    model is broken (`shipyard.training.slices.broken`), first; `verdicts`: the slice and fairness gates' own reasons
+    (see `shipyard.training.slices`, `.fairness`)."""
     name, _ = PRIMARY[task]
-    reasons = []
+    reasons = list(broken)
     base_lift = lift(task, metrics[name], baseline[name])
     if not base_lift > gates.baseline_margin:
         reasons.append(

@@ -35,6 +35,9 @@ GAPS = {
     "equalized_odds_difference": "max_equalized_odds_difference",
 }
 N_BOOT = 2000
+# Equalized odds compares TPR and FPR: a group with fewer actual positives (or negatives) than
+# this has no rate worth comparing, and is left out of that gap with its counts.
+MIN_CLASS_ROWS = 10
 
 
 def _mean_prediction(y_true: Any, y_pred: Any) -> float:
@@ -143,7 +146,52 @@ def group_report(
         out["note"] = f"fewer than two groups with {min_rows}+ rows: no gaps"
         return out
     cells = cell_counts(g.to_numpy(dtype=object), y, decision, kept)
-    out["gaps"] = gap_tests(cells, bounds, seed)
+    out["gaps"] = estimable_gaps(cells, kept, bounds, threshold, seed)
+    return out
+
+
+def not_estimable(reason: str, bound: float | None) -> dict[str, Any]:
+    return {"value": None, "ci95": None, "bound": bound, "verdict": "not estimable",
+            "reason": reason}  # fmt: skip
+
+
+def estimable_gaps(
+    cells: np.ndarray,
+    groups: list[str],
+    bounds: dict[str, float | None],
+    threshold: float,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """The gaps that the counts can tell, each "not estimable" with its reason otherwise:
+
+    - no gap when the decisions are constant (the model selects nobody, or everybody, at the
+      threshold): every rate would be equal and every interval zero-width, a "no disparity,
+      with certainty" that a degenerate model has not earned;
+    - equalized odds only over groups with MIN_CLASS_ROWS+ actual positives and negatives
+      (the others are named with their counts); not estimable with fewer than two such groups.
+    """
+    selected, rows = int(cells[..., 1].sum()), int(cells.sum())
+    if selected in (0, rows):
+        who = "none" if selected == 0 else "all"
+        reason = (f"the model selects {who} of the {rows} rows at threshold {threshold:g}: "
+                  "constant decisions say nothing about disparity")  # fmt: skip
+        return {name: not_estimable(reason, bounds.get(key)) for name, key in GAPS.items()}
+    out = gap_tests(cells, bounds, seed)
+    eo = "equalized_odds_difference"
+    pos, neg = cells[:, 1, :].sum(axis=-1), cells[:, 0, :].sum(axis=-1)
+    ok = (pos >= MIN_CLASS_ROWS) & (neg >= MIN_CLASS_ROWS)
+    left_out = [f"{k} ({int(pos[i])} positive, {int(neg[i])} negative)"
+                for i, k in enumerate(groups) if not ok[i]]  # fmt: skip
+    bound = bounds.get(GAPS[eo])
+    if ok.sum() < 2:
+        out[eo] = not_estimable(
+            f"fewer than two groups with {MIN_CLASS_ROWS}+ actual positives and negatives "
+            f"(TPR and FPR need both): {', '.join(left_out)}",
+            bound,
+        )
+        return out
+    if left_out:
+        out[eo] = {**gap_tests(cells[ok], bounds, seed)[eo], "left_out": left_out}
     return out
 
 

@@ -105,7 +105,11 @@ def fairness_summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {
         col["column"]: {
-            name: {k: gap[k] for k in ("value", "ci95", "bound", "verdict") if k in gap}
+            name: {
+                k: gap[k]
+                for k in ("value", "ci95", "bound", "verdict", "reason", "left_out")
+                if k in gap
+            }
             for name, gap in col["gaps"].items()
         }
         for col in report["columns"]
@@ -291,8 +295,10 @@ def evaluate_candidate(
     champion = champion_metrics(registry, cfg.model.name, holdout, y, task, schema.classes)
     comparable = champion if champion and champion.get("comparable") else None
     verdicts = [*sl.failures(slices), *(fair["failures"] if fair else [])]
+    positive = schema.classes[1] if task == "binary" else None
+    broken = sl.broken(task, y, out, positive)
     failures = ev.check_gates(
-        task, gates, metrics, baseline, comparable, latency["p50_ms"], verdicts
+        task, gates, metrics, baseline, comparable, latency["p50_ms"], verdicts, broken
     )
     evaluation = {
         "task": task,
@@ -301,6 +307,7 @@ def evaluate_candidate(
         "holdout_rows": len(holdout),
         "metrics": metrics,
         "baseline": {"model": "logistic/ridge regression", **baseline},
+        "broken": broken,
         "lift_over_baseline": ev.lift(task, metrics[primary], baseline[primary]),
         "champion": champion,
         "lift_over_champion": (
@@ -470,10 +477,13 @@ def log_candidate(
 
 
 def fairness_metrics(report: dict[str, Any] | None) -> dict[str, float]:
-    """`fairness.<column>.<gap>` and its interval, as MLflow metrics."""
+    """`fairness.<column>.<gap>` and its interval, as MLflow metrics (a gap that is not
+    estimable has no number: its reason is in evaluation.json)."""
     out: dict[str, float] = {}
     for col in (report or {}).get("columns", []):
         for name, gap in col["gaps"].items():
+            if gap["value"] is None:
+                continue
             key = f"fairness.{col['column']}.{name}"
             out[key] = gap["value"]
             out[key + ".ci_low"], out[key + ".ci_high"] = gap["ci95"]

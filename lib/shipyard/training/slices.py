@@ -230,3 +230,27 @@ def failures(report: dict[str, Any], shown: int = 5) -> list[str]:
     if len(failed) > shown:
         reasons.append(f"and {len(failed) - shown} more slices (evaluation.json, slices)")
     return reasons
+
+
+def broken(task: str, y: np.ndarray, out: np.ndarray, positive: Any = None) -> list[str]:
+    """What makes a model broken whatever the baseline, checked before any gate: predictions
+    that are the same for every holdout row, and (binary) a holdout AUC below 0.5 by more than
+    its 95% interval (DeLong), which means the model ranks the classes the wrong way round."""
+    reasons = []
+    flat = out.reshape(len(out), -1)
+    if len(out) > 1 and float(np.ptp(flat, axis=0).max()) <= 1e-9:
+        shown = np.round(flat[0], 4).tolist()
+        reasons.append(
+            f"broken: the model predicts the same for all {len(out)} holdout rows "
+            f"({shown[0] if len(shown) == 1 else shown}): it learnt nothing from the features"
+        )
+    if task == "binary":
+        auc, var = delong(y, out)
+        hi = auc + 1.96 * math.sqrt(var) if math.isfinite(var) else math.nan
+        if math.isfinite(hi) and hi < 0.5:
+            reasons.append(
+                f"broken: holdout auc {auc:.4f} [{auc - (hi - auc):.3f}, {hi:.3f}] is below "
+                f"0.5 (chance) with confidence: the model ranks positive class {positive!r} "
+                "below the other; check the target's labels and data.positive_class"
+            )
+    return reasons

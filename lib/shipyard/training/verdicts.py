@@ -18,16 +18,22 @@ def verdict_lines(evaluation: dict[str, Any], shown: int = 3) -> list[str]:
     ]
     lines += [f"  {describe(r, name)}" for r in sl["slices"][:shown]]
     for col in (evaluation.get("fairness") or {}).get("columns", []):
-        gaps = "  ".join(
-            f"{gap.replace('_difference', '')} {g['value']:.3f} "
-            f"[{g['ci95'][0]:.3f}, {g['ci95'][1]:.3f}]"
-            + (f" {g['verdict']}" if "verdict" in g else "")
-            for gap, g in col["gaps"].items()
-        )
+        gaps = "  ".join(gap_text(name, g) for name, g in col["gaps"].items())
         lines.append(
-            f"fairness on {col['column']} ({len(col['gapped_groups'])} groups): {gaps or col.get('note', '')}"
+            f"fairness on {col['column']} ({len(col['gapped_groups'])} groups, threshold "
+            f"{col['threshold']:g}): {gaps or col.get('note', '')}"
         )
     return lines
+
+
+def gap_text(name: str, g: dict[str, Any]) -> str:
+    """`demographic_parity 0.031 [0.012, 0.050] passes`, or why it cannot be told."""
+    short = name.replace("_difference", "")
+    if g["value"] is None:
+        return f"{short} not estimable ({g['reason']})"
+    text = f"{short} {g['value']:.3f} [{g['ci95'][0]:.3f}, {g['ci95'][1]:.3f}]"
+    text += f" {g['verdict']}" if "verdict" in g else ""
+    return text + (f" (left out: {', '.join(g['left_out'])})" if g.get("left_out") else "")
 
 
 def target_line(target: dict[str, Any]) -> str:
