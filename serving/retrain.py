@@ -231,7 +231,10 @@ class RetrainCoordinator:
             if status not in TERMINAL:
                 continue
             logs = await asyncio.to_thread(self.jobs.logs, r["submission_id"])
-            r = self.retrainer.job_finished(r["id"], status, parse_result(logs), message)
+            done = self.retrainer.job_finished(r["id"], status, parse_result(logs), message)
+            if done is None:  # rejected meanwhile, or already taken by another poll
+                continue
+            r = done
             kind = {"awaiting_approval": "retrain_awaiting_approval", "deploying": "retrain_approved",
                     "gates_failed": "retrain_gates_failed"}.get(r["status"], "retrain_failed")  # fmt: skip
             self._emit(kind, r, reason=r.get("reason"), error=r.get("error"))

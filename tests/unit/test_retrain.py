@@ -96,7 +96,7 @@ def test_a_finished_job_waits_for_approval_or_ends(
     assert req is not None
     r.submitted(req["id"])
     out = r.job_finished(req["id"], job, result, "exit 3")
-    assert out["status"] == status
+    assert out is not None and out["status"] == status
     if status == "awaiting_approval":
         assert out["version"] == 7
         assert r.approve(req["id"], "alice")["status"] == "deploying"
@@ -111,8 +111,31 @@ def test_without_required_approval_the_policy_decides(tmp_path: Path) -> None:
     r = retrainer(tmp_path, require_approval=False)
     req, _ = r.consider(FEATURES)
     assert req is not None
+    r.submitted(req["id"])
     out = r.job_finished(req["id"], "SUCCEEDED", {"registered_version": 9})
+    assert out is not None
     assert out["status"] == "deploying" and "require_approval" in out["decided_by"]
+
+
+def test_a_jobs_end_is_taken_once_and_never_undoes_a_persons_decision(tmp_path: Path) -> None:
+    """Two polls can see the same job end (the coordinator's loop and one already running):
+    the second must not turn an approval given in between back into awaiting_approval, and a
+    job that ends after a person rejected it must not make the request anything else."""
+    r = retrainer(tmp_path)
+    req, _ = r.consider(FEATURES)
+    assert req is not None
+    r.submitted(req["id"])
+    assert r.job_finished(req["id"], "SUCCEEDED", {"registered_version": 7}) is not None
+    assert r.approve(req["id"], "alice")["status"] == "deploying"
+    assert r.job_finished(req["id"], "SUCCEEDED", {"registered_version": 7}) is None
+    assert r.get(req["id"])["status"] == "deploying" and r.get(req["id"])["decided_by"] == "alice"
+    rb = retrainer(tmp_path / "b")
+    other, _ = rb.consider(FEATURES)
+    assert other is not None
+    rb.submitted(other["id"])
+    rb.reject(other["id"], "bob", "not now")
+    assert rb.job_finished(other["id"], "STOPPED", None, "stopped") is None
+    assert rb.get(other["id"])["status"] == "rejected"
 
 
 def test_job_entrypoint_and_result() -> None:

@@ -223,10 +223,14 @@ class Retrainer:
 
     def job_finished(
         self, request_id: str, job_status: str, result: dict[str, Any] | None, message: str = ""
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
         """SUCCEEDED with a registered version -> awaiting_approval (or deploying when no
-        approval is required); gate failures -> gates_failed; anything else -> failed."""
+        approval is required); gate failures -> gates_failed; anything else -> failed. None when
+        the request is no longer running: a person rejected it, or another poll already took the
+        job's end (a second one would undo an approval given in between)."""
         r = self.get(request_id)
+        if r["status"] != "running":
+            return None
         r["result"] = result
         version = (result or {}).get("registered_version")
         if job_status == "SUCCEEDED" and version is not None:
