@@ -27,6 +27,7 @@ from tests.conftest import Job, job_result, write_config
 
 IDLE_S = 20
 TRAIN_ROUNDS = 3000  # the spot-loss training run (8,000 rows, one worker: 5-10 ms a round)
+EVERY = 100  # its checkpoint interval
 # Per tuning trial: long enough to lose its node in the middle (10-40 s a trial on 2 busy cores;
 # each step below waits for a trial in the first half of its checkpoints, whatever the speed).
 ROUNDS, CKPT_EVERY = 2000, 200
@@ -106,7 +107,7 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
             # Long enough (15-30 s of boosting on 2 busy cores) that the node goes mid-run, not
             # after the end; no early stop (the registered booster is trimmed to its best round).
             "num_workers": 1, "num_boost_round": TRAIN_ROUNDS,
-            "early_stopping_rounds": TRAIN_ROUNDS, "checkpoint_every": 100,
+            "early_stopping_rounds": TRAIN_ROUNDS, "checkpoint_every": EVERY,
             "storage_path": str(ckpt), "max_failures": 0,
         },
     )  # fmt: skip
@@ -115,15 +116,19 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
     )
     job = Job(cmd, ray_env(), home / "cluster-train")
     try:
-        # A checkpoint from the first half of the run, so most of it is still to come when the
-        # node goes (whatever the machine's speed).
+        # Two checkpoints from the first half of the run, so most of it is still to come when
+        # the node goes (whatever the machine's speed). The newest one on disk may not be
+        # acknowledged yet: the worker writes it, then Ray Train's controller registers it when
+        # it next polls the worker, and a node lost in between loses that one. The one before
+        # it is the one the run must not lose.
         wait_for(
-            "a checkpoint in the first half of the run",
-            lambda: 0 < latest_checkpoint_rounds(ckpt) <= TRAIN_ROUNDS // 2, 240, every_s=0.2,
+            "two checkpoints in the first half of the run",
+            lambda: 2 * EVERY <= latest_checkpoint_rounds(ckpt) <= TRAIN_ROUNDS // 2, 240,
+            every_s=0.2,
         )  # fmt: skip
         nodes = worker_nodes(acluster.gcs_address)
         assert nodes and {n["node_type"] for n in nodes} == {"cpu-spot"}, nodes
-        before = latest_checkpoint_rounds(ckpt)
+        before = latest_checkpoint_rounds(ckpt) - EVERY
         victim, worker = live_actor(acluster, "RayTrainWorker")  # the spot node it runs on
         preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
         # The node went mid-run with the training worker on it: killed here or, on a busy
@@ -143,9 +148,9 @@ def test_training_scales_from_zero_and_survives_losing_a_spot_node(
     assert done.returncode == 0, out[-6000:]
     result = job_result(out)
     training = result["training"]
-    # Resumed from a checkpoint at least as recent as the last one seen before the node went,
-    # so at most one checkpoint interval (10 rounds) was lost; max_failures=0 shows the drained
-    # node counted as a preemption, not a failure.
+    # Resumed from a checkpoint at least as recent as the last acknowledged one before the node
+    # went, so at most two checkpoint intervals (200 of 3,000 rounds) were lost; max_failures=0
+    # shows the drained node counted as a preemption, not a failure.
     assert training["resumed_from_round"] >= before > 0, (training, before)
     assert training["rounds"] > training["resumed_from_round"]
     assert result["registered_version"] >= 1
@@ -170,7 +175,7 @@ def finished_trials(study: Path, rounds: int) -> int:
 
 
 def running_trial(study: Path, rounds: int, since: float = 0.0) -> tuple[str, str] | None:
-    """(trial, node) of an unfinished trial that wrote a checkpoint since `since`.
+    """(trial, node) of an unfinished trial that wrote two checkpoints since `since`.
 
     The checkpoint is the signal because the trial writes it to storage itself: the rows in
     result.json pass through the driver, which on a busy machine writes them late, so "has done
@@ -179,7 +184,12 @@ def running_trial(study: Path, rounds: int, since: float = 0.0) -> tuple[str, st
     for name, r in trial_rows(study).items():
         fresh = [x for x in r if x["timestamp"] >= since]
         ckpts = [c for c in (study / name).glob("checkpoint_*") if c.stat().st_mtime >= since]
-        early = ckpts and max(int(c.name.split("_")[1]) for c in ckpts) < rounds // CKPT_EVERY // 2
+        # Two: the newest on disk may not be registered with Tune yet (a node lost in between
+        # loses it), the one before it is.
+        early = (
+            len(ckpts) >= 2
+            and max(int(c.name.split("_")[1]) for c in ckpts) < rounds // CKPT_EVERY // 2
+        )
         if fresh and early and fresh[-1]["rounds"] < rounds:
             return name, str(fresh[-1]["node_id"])
     return None
