@@ -71,6 +71,72 @@ def slice_gate(
     return out
 
 
+def regression_slices(
+    rng: np.random.Generator, slices: int, rows: int, *, proportional: bool, bad: float | None,
+    sigma: float = 0.15, tau: float = 0.06, top: bool = False,
+) -> tuple[Any, Any, Any]:  # fmt: skip
+    """Slice labels, a target and a model's predictions. Slice j's
+    level runs from 500 to 15,000 (g0's in the middle, or at the top if `top`), the target is level * exp(0.8 x) with
+    noise `sigma` times the target (`proportional`, prices) or times the mean target; the model
+    errs by `tau` on the same scale, and in g0 by (1 + bad) times its RMSE elsewhere if `bad`."""
+    g = np.repeat(np.arange(slices), rows)
+    rank = (slices - 1 - g) if top else (g + slices // 2) % slices
+    level = 500 * 30 ** (rank / max(slices - 1, 1))
+    x = rng.random(len(g))
+    mu = level * np.exp(0.8 * x)
+    scale = mu if proportional else np.full(len(g), mu.mean())
+    y = mu + sigma * scale * rng.normal(size=len(g))
+    out = mu + tau * scale * rng.normal(size=len(g))
+    if bad:
+        extra = np.sqrt(sigma**2 + tau**2) * np.sqrt((1 + bad) ** 2 - 1)
+        out = out + (g == 0) * extra * scale * rng.normal(size=len(g))
+    return np.array([f"g{j}" for j in g], dtype=object), y, out
+
+
+def plain_rule_refuses(g: Any, y: Any, out: Any) -> set[str]:
+    """The regression rule before: the slice's RMSE as a fraction of the overall RMSE, one-sided
+    test against GAP, Holm over the slices (what rmse_se and slice_report did before)."""
+    from shipyard.multiplicity import adjust
+    from shipyard.training.slices import rmse_se
+
+    overall = float(np.sqrt(np.mean((out - y) ** 2)))
+    names = list(np.unique(g))
+    ps = []
+    for v in names:
+        rmse, se = rmse_se(y[g == v], out[g == v])
+        ps.append(float(stats.norm.sf(((rmse - overall) / overall - GAP) / (se / overall))))
+    return {v for v, p in zip(names, adjust(ps, "holm"), strict=True) if p < 0.05}
+
+
+def regression_slice_gate(
+    slices: int, rows: int, *, proportional: bool, bad: float | None = None, reps: int = 200,
+    seed: int = 0, top: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """How often the regression slice gate refuses a model (and names g0, the bad one if `bad`),
+    and the plain rule it replaced, on the same draws."""
+    rng = np.random.default_rng(seed)
+    counts = {"refused": 0, "caught": 0, "plain_refused": 0, "plain_caught": 0}
+    gaps = []
+    for _ in range(reps):
+        g, y, out = regression_slices(
+            rng, slices, rows, proportional=proportional, bad=bad, top=top
+        )
+        report = slice_report(
+            "regression", pd.DataFrame({"g": g}), y, out, categorical=["g"], numeric=[],
+            max_gap=GAP, min_rows=30,
+        )  # fmt: skip
+        failed = {s["value"] for s in report["slices"] if s["verdict"] == "fails"}
+        plain = plain_rule_refuses(g, y, out)
+        counts["refused"] += bool(failed)
+        counts["caught"] += "g0" in failed
+        counts["plain_refused"] += bool(plain)
+        counts["plain_caught"] += "g0" in plain
+        gaps.append(next(s["gap"] for s in report["slices"] if s["value"] == "g0"))
+    noise = "proportional to the target" if proportional else "constant"
+    return {"slices": slices, "rows": rows, "noise": noise, "bad": bad, "top": top, "reps": reps,
+            **{k: v / reps for k, v in counts.items()}, "mean_gap_of_g0": float(np.mean(gaps))}  # fmt: skip
+
+
 FAIRNESS_BOUNDS: dict[str, float | None] = {
     "max_demographic_parity_difference": 0.05,
     "max_equalized_odds_difference": None,
@@ -158,6 +224,11 @@ def main() -> None:
         slice_gate(100, 60, reps=reps, old_rule=True),
         slice_gate(20, 100, reps=reps, old_rule=True),
         slice_gate(20, 300, good=0.82, bad=0.50, reps=reps, old_rule=True),
+        regression_slice_gate(10, 300, proportional=True, reps=reps),
+        regression_slice_gate(20, 100, proportional=False, reps=reps),
+        regression_slice_gate(20, 1000, proportional=False, bad=0.3, reps=reps),
+        regression_slice_gate(10, 1000, proportional=True, bad=0.3, reps=reps),
+        regression_slice_gate(10, 1000, proportional=True, bad=0.3, top=True, reps=reps),
     ]
     rows.append(fairness_gate(reps=reps))
     rows.append(aa_repeated_keys(reps=reps))

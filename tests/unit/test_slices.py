@@ -110,9 +110,43 @@ def test_regression_gap_is_relative() -> None:
         "regression", frame, y, y + err, categorical=["g"], numeric=[], max_gap=0.15
     )
     by = {s["value"]: s for s in report["slices"]}
-    assert report["gap_is"] == "fraction of the overall rmse"
+    assert report["gap_is"] == "fraction of the rmse expected on the slice's rows"
+    # The error does not grow with the prediction: what a slice is expected to make is the
+    # overall RMSE, and the gap is the plain fraction of it.
+    assert report["error_scale"]["per_unit_of_prediction"] < 0.01, report["error_scale"]
+    assert by["a"]["expected_rmse"] == pytest.approx(report["overall"], rel=0.05)
     assert by["a"]["gap"] == pytest.approx(0.7, abs=0.1)  # RMSE ~1.7x the overall's
     assert by["a"]["verdict"] == "fails" and by["b"]["verdict"] == "passes"
+    (reason,) = sl.failures(report)
+    assert reason.startswith("slice g=a (500 rows): rmse ") and " expected on its rows: " in reason
+
+
+def test_error_scale_finds_constant_and_proportional_noise() -> None:
+    rng = np.random.default_rng(5)
+    size = rng.uniform(500, 15000, 20000)
+    _, a, b = sl.error_scale(size + 300 * rng.normal(size=20000), size)
+    assert b < 0.002 and a == pytest.approx(300, rel=0.05)  # constant: RMSE 300 everywhere
+    scale, a, b = sl.error_scale(size * (1 + 0.1 * rng.normal(size=20000)), size)
+    assert a < 0.05 * float(scale.mean()) and b == pytest.approx(0.1, rel=0.1)
+    assert scale[size > 14000].mean() > 10 * scale[size < 1000].mean()
+
+
+def test_regression_slices_whose_noise_grows_with_the_target_pass_and_a_worse_one_fails() -> None:
+    # Equally good slices of prices from 500 to 15,000: the rule before refused every model.
+    good = sim.regression_slice_gate(10, 300, proportional=True, reps=60)
+    assert good["refused"] <= 0.05 and good["plain_refused"] >= 0.95, good
+    # A slice of middling prices with 1.3x the error the model makes on rows like it (twice
+    # the gap) is caught; the plain rule names only the expensive slices, never that one.
+    bad = sim.regression_slice_gate(10, 1000, proportional=True, bad=0.3, reps=60)
+    assert bad["caught"] >= 0.55 and bad["plain_caught"] <= 0.05, bad
+    assert 0.2 <= bad["mean_gap_of_g0"] <= 0.3, bad  # partly absorbed by the fitted curve
+
+
+def test_regression_slices_with_constant_noise_are_judged_as_before() -> None:
+    good = sim.regression_slice_gate(20, 100, proportional=False, reps=60)
+    assert good["refused"] <= 0.05 and good["plain_refused"] <= 0.05, good
+    bad = sim.regression_slice_gate(20, 1000, proportional=False, bad=0.3, reps=40)
+    assert bad["caught"] >= 0.9 and bad["plain_caught"] >= 0.9, bad
 
 
 @pytest.mark.parametrize(("slices", "rows"), [(100, 60), (20, 100)])

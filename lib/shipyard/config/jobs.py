@@ -135,8 +135,8 @@ class GatesSection(Strict):
     max_slice_gap: NonNegativeFloat = Field(
         0.15,
         description="A slice fails when its primary metric trails the overall by more than "
-        "this with confidence (AUC or macro-F1 points; regression: a fraction of the overall "
-        "RMSE, 0.15 = 15% worse).",
+        "this with confidence (AUC or macro-F1 points; regression: a fraction of the RMSE the "
+        "model's error curve expects on the slice's rows, 0.15 = 15% worse).",
     )
     slice_alpha: float = Field(
         0.05, gt=0, lt=1, description="Error rate of the slice gate (family-wise, see below)."
