@@ -1,9 +1,11 @@
 """The learning-curve fit: recovers a known curve and the size where doubling stops paying."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from shipyard.training.curve import fit_curve, power_law
+from shipyard.training.curve import fit_curve, plot, power_law
 
 
 @pytest.mark.parametrize("higher_is_better", [True, False])
@@ -37,3 +39,18 @@ def test_a_curve_that_keeps_climbing_has_no_saturation_point() -> None:
     out = fit_curve(rows, [0.5 + 0.05 * float(np.log2(n)) for n in rows], True, 0.002)
     assert out["saturation_rows"] is None
     assert out["gain_if_doubled"] is not None and out["gain_if_doubled"] > 0.002
+
+
+@pytest.mark.parametrize("saturation", [None, 3000, 10**30])
+def test_the_plot_is_drawn_wherever_the_fit_puts_saturation(
+    tmp_path: Path, saturation: int | None
+) -> None:
+    """A nearly flat fit can put saturation at 10^30 rows (an int past int64): the plot is still
+    drawn, up to 100x the data (a CI run of the learning-curve job failed in np.geomspace)."""
+    report = {
+        "model": "m", "metric": "auc", "higher_is_better": True,
+        "points": [{"rows": r, "auc": 0.8 - 1 / r, "std": 0.01} for r in (100, 200, 400, 800)],
+        "curve": {"fit": {"a": 0.8, "b": 1.0, "c": 1.0}, "saturation_rows": saturation},
+    }  # fmt: skip
+    plot(report, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

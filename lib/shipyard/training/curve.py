@@ -156,17 +156,20 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar(xs, [p[metric] for p in report["points"]], yerr=[p["std"] for p in report["points"]],
                 fmt="o", label="holdout")  # fmt: skip
-    fit = report["curve"]["fit"]
+    fit, sat = report["curve"]["fit"], report["curve"]["saturation_rows"]
     if fit:
-        grid = np.geomspace(
-            xs.min(), max(xs.max() * 4, report["curve"]["saturation_rows"] or 0), 100
-        )
+        # Up to where more data stops paying, if that is within 100x the data (a nearly flat fit
+        # can put it at 10^30 rows, past float64 arithmetic on ints; the verdict says where).
+        right = float(xs.max()) * 4
+        if sat and float(sat) <= xs.max() * 100:
+            right = max(right, float(sat))
+        grid = np.geomspace(float(xs.min()), right, 100)
         sign = 1 if report["higher_is_better"] else -1
         ax.plot(
             grid, sign * power_law(grid, sign * fit["a"], fit["b"], fit["c"]), "--", label="fit"
         )
-        if report["curve"]["saturation_rows"]:
-            ax.axvline(report["curve"]["saturation_rows"], color="grey", lw=1, label="stops paying")
+        if sat and float(sat) <= right:
+            ax.axvline(float(sat), color="grey", lw=1, label="stops paying")
     ax.set_xscale("log")
     ax.set_xlabel("training rows")
     ax.set_ylabel(metric)
