@@ -45,16 +45,14 @@ CLUSTER_TAIL = (
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`make test` runs on two pytest-xdist workers: the autoscaling cluster's drills on one,
-    the unit tests beside them on the other; once the drills are done, the session's tests on
-    the next free worker and, on the other, the cluster's waiting tail and what is left of the
-    unit tests. Every test of a Ray group runs in one worker, in file order, so each cluster is
-    started once. The session's tests never run beside the drills: two Ray clusters on two
-    cores, and the drills lose the races they are built on (a node lost before the kill, a
-    trial not restarted within 4 minutes). The unit tests beside them are single processes; the
-    drills tolerate them since they lose a node only once it holds a registered checkpoint.
-    (pytest-xdist's own `loadgroup` cannot group on pytest 9: it renames node ids through an
-    attribute pytest no longer reads.)"""
+    """`make test` runs on two pytest-xdist workers: first the autoscaling cluster's drills,
+    alone; then the session's tests on one worker and, on the other, the cluster's waiting tail
+    and the unit tests. Every test of a Ray group runs in one worker, in file order, so each
+    cluster is started once. The drills run alone because beside other work they lose the races
+    they are built on (tried with the unit tests beside them: in 3 runs of 4 a node lost mid-run
+    was released before the kill, a resumed run restarted from round 0, or a tuning trial did not
+    restart within 4 minutes). (pytest-xdist's own `loadgroup` cannot group on pytest 9: it
+    renames node ids through an attribute pytest no longer reads.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class RayGroups(LoadScopeScheduling):  # type: ignore[misc]
@@ -71,20 +69,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
         def _assign_work_unit(self, node: Any) -> None:
             queue = self.workqueue
-            if "cluster" in queue:  # the drills first
-                queue.move_to_end("cluster", last=False)
-            elif "session" in queue and not self._drills_left():  # then the long one
+            if "session" in queue:  # the long one first, once the drills are done
                 queue.move_to_end("session", last=False)
-            elif self._drills_left():  # beside the drills: unit tests only
-                unit = next((scope for scope in queue if scope != "session"), None)
-                if unit is None:
-                    # Nothing may run now. The drills' worker, asking for more, has nothing
-                    # else to do: it runs what it holds and stops (a worker runs its last test
-                    # only once it knows the next one, or that there is none).
-                    if "cluster" in self.assigned_work[node] and not node.shutting_down:
-                        node.shutdown()
-                    return
-                queue.move_to_end(unit, last=False)
+            if "cluster" in queue:
+                queue.move_to_end("cluster", last=False)
+            if next(iter(queue)) != "cluster" and self._drills_left():
+                # Held until the drills are done. Their worker, asking for more, has nothing
+                # else to do: it runs what it holds and stops (a worker runs its last test only
+                # once it knows the next one, or that there is none).
+                if "cluster" in self.assigned_work[node] and not node.shutting_down:
+                    node.shutdown()
+                return
             if next(iter(queue)) == "session" and "cluster" in self.assigned_work[node]:
                 idle = [n for n in self.nodes if n is not node and not n.shutting_down]
                 node = idle[0] if idle else node  # beside the cluster's tail, not after it
