@@ -68,6 +68,11 @@ class RecordBuffer:
             batch, self.rows = self.rows[: self.batch_rows], self.rows[self.batch_rows :]
             try:
                 actions = await self.send(batch)
+            except asyncio.CancelledError:
+                # Stopped mid-send (the replica shutting down, the app redeployed): the batch
+                # goes back, so a last flush still has it; the store counts a row twice once.
+                self.rows = batch + self.rows
+                raise
             except Exception as err:
                 logger.warning("could not flush %d records (will retry): %s", len(batch), err)
                 self.rows = batch + self.rows
