@@ -175,7 +175,7 @@ def finished_trials(study: Path, rounds: int) -> int:
 
 
 def running_trial(study: Path, rounds: int, since: float = 0.0) -> tuple[str, str] | None:
-    """(trial, node) of an unfinished trial that wrote two checkpoints since `since`.
+    """(trial, node) of an unfinished trial that wrote a checkpoint since `since`.
 
     The checkpoint is the signal because the trial writes it to storage itself: the rows in
     result.json pass through the driver, which on a busy machine writes them late, so "has done
@@ -184,12 +184,7 @@ def running_trial(study: Path, rounds: int, since: float = 0.0) -> tuple[str, st
     for name, r in trial_rows(study).items():
         fresh = [x for x in r if x["timestamp"] >= since]
         ckpts = [c for c in (study / name).glob("checkpoint_*") if c.stat().st_mtime >= since]
-        # Two: the newest on disk may not be registered with Tune yet (a node lost in between
-        # loses it), the one before it is.
-        early = (
-            len(ckpts) >= 2
-            and max(int(c.name.split("_")[1]) for c in ckpts) < rounds // CKPT_EVERY // 2
-        )
+        early = ckpts and max(int(c.name.split("_")[1]) for c in ckpts) < rounds // CKPT_EVERY // 2
         if fresh and early and fresh[-1]["rounds"] < rounds:
             return name, str(fresh[-1]["node_id"])
     return None
