@@ -55,6 +55,24 @@ def stop_group(pgid: int, grace_s: float) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def kill_marked(pgid: int, tmpdir: str) -> list[int]:
+    """SIGKILL to the processes of group `pgid` whose environment has TMPDIR=`tmpdir`: a
+    cluster's own processes once its leader is gone, when the group's number may since lead
+    another group (pids wrap at pid_max, 32,768 on small machines)."""
+    marker = f"TMPDIR={tmpdir}".encode()
+    killed = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid or marker not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            os.kill(int(proc.name), signal.SIGKILL)
+            killed.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return killed
+
+
 def ray_env() -> dict[str, str]:
     """Environment for Ray subprocesses: explicit auth mode, no usage stats, no MLflow telemetry."""
     env = dict(os.environ)
@@ -154,8 +172,12 @@ class LocalCluster:
         workers: a graceful stop), then SIGKILL to that group for anything still running."""
         if self.proc is None:
             return
-        # start_new_session=True: the group is ours alone; a throwaway cluster: short grace
-        stop_group(self.proc.pid, grace_s=5)
+        if self.proc.poll() is None:
+            # start_new_session=True and our `ray start` not yet reaped: the group is ours
+            # alone; a throwaway cluster: short grace
+            stop_group(self.proc.pid, grace_s=5)
+        else:  # it exited and was reaped: its number may lead someone else's group by now
+            kill_marked(self.proc.pid, self.temp_dir)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=5)
         self.proc = None
