@@ -305,14 +305,16 @@ def trained(session_jobs: dict[str, Any]) -> dict[str, Any]:
 def later_jobs(
     trained: dict[str, Any], cluster: Any, job_env: dict[str, str], registry: Any, home: Path
 ) -> Iterator[dict[str, Any]]:
-    """Two more runs of the session's model, at once: a second candidate through `ray job
+    """Two more runs of the session's model, at once, each trained in its own process (Ray
+    Train's local mode; the first run trained on workers): a second candidate through `ray job
     submit`, and a plain driver whose gates fail. (Started beside the serving module instead,
     they slowed its deploy and its load tests by as much as they saved.)"""
     cfg = str(trained["config"])
     aliases = registry.aliases(MODEL)
-    second = submitted(cluster, job_env, ["--config", cfg, "--set", "train.params.eta=0.3"],
+    local = ["--set", "train.num_workers=0"]  # in the job's own process: no worker group to start
+    second = submitted(cluster, job_env, ["--config", cfg, "--set", "train.params.eta=0.3", *local],
                        home / "jobs" / "second")  # fmt: skip
-    gated = driver(cluster, job_env, ["--config", cfg, "--set", "gates.baseline_margin=0.5"],
+    gated = driver(cluster, job_env, ["--config", cfg, "--set", "gates.baseline_margin=0.5", *local],
                    home / "jobs" / "gated")  # fmt: skip
     yield {"second": second, "gated": gated, "aliases_before": aliases}
     for job in (second, gated):

@@ -210,7 +210,9 @@ def test_tuning_survives_a_lost_node_and_a_killed_driver(
         home / "cluster-tune.yaml",
         str(data / "*.parquet"),
         model={"name": "churn-cluster-tune"},
-        train={"num_workers": 1},
+        # The best trial's final training, after the losses: in the driver's own process (Ray
+        # Train's local mode), not on a worker group that would take ~18 s to start.
+        train={"num_workers": 0},
         tune={
             "num_samples": TRIALS, "scheduler": "fifo", "max_rounds": ROUNDS, "report_every": 20,
             "checkpoint_every": CKPT_EVERY, "max_concurrent_trials": 2, "train_best": True,

@@ -41,7 +41,7 @@ def trained_tasks(
     session_jobs: dict[str, Any],
     real_jobs: dict[str, Any],
 ) -> dict[str, Any]:
-    """The task's job, one CPU, beside the session's own jobs and the real tables' (both
+    """The task's job, one thread in its own process (local mode), beside the session's own jobs and the real tables' (both
     started here at the latest, so that their start-up overlaps)."""
     jobs = {}
     for task, target in TASKS.items():
@@ -53,7 +53,7 @@ def trained_tasks(
             str(tmp / "d"),
             model={"name": f"{task}-test"},
             data={"target": target, "task": task, "time_column": None},
-            train={"num_workers": 1, "cpus_per_worker": 1},
+            train={"num_workers": 0, "cpus_per_worker": 1},  # local mode: in the driver
             gates={"max_slice_gap": 1.0},  # the task path; slice gates are tested elsewhere
             fairness={"sensitive": []},  # group rates are for binary tasks
         )

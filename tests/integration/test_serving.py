@@ -191,7 +191,7 @@ def retrain_args(home: Path, dataset: Path) -> dict[str, Any]:
     return {
         "on_drift": "retrain",
         "retrain": {"job_config": str(home / "train.yaml"), "data": str(dataset / "*.parquet"),
-                    "overrides": {"train.num_workers": 1, "train.num_boost_round": 40},
+                    "overrides": {"train.num_workers": 0, "train.num_boost_round": 40},
                     "cooldown_s": 86400, "poll_s": 1.0, "canary_weight": 5},
     }  # fmt: skip
 
@@ -302,16 +302,18 @@ def test_feedback_is_joined_to_the_variant_and_prediction(client: Client) -> Non
 def test_ab_report_counts_outcomes_per_variant(client: Client) -> None:
     client.traffic(weights={"control": 50, "treatment": 50})
     before = client.get("/ab")["variants"]
-    rng = np.random.default_rng(0)
-    sent: Counter[str] = Counter()
-    for i in range(200):
+    draws = np.random.default_rng(0).random(200)
+
+    def served_and_outcome(i: int) -> str:
         r = client.predict(key=f"ab-{i}").json()
-        outcome = int(rng.random() < (0.3 if r["variant"] == "control" else 0.5))
+        outcome = int(draws[i] < (0.3 if r["variant"] == "control" else 0.5))
         fb = client.session.post(
             f"{client.url}/feedback", json={"request_id": r["request_id"], "outcome": outcome}
         )
         assert fb.status_code in (200, 202), fb.text  # acknowledged: it must be counted
-        sent[r["variant"]] += 1
+        return str(r["variant"])
+
+    sent = Counter(many(served_and_outcome, list(range(200))))  # 8 clients at once
     report = client.get("/ab")
     for name in ("control", "treatment"):
         assert report["variants"][name]["outcomes"] - before[name]["outcomes"] == sent[name]
@@ -814,11 +816,12 @@ def test_a_dead_experiment_store_fails_no_prediction_and_its_routes_answer_at_on
     client.traffic(weights={"control": 90, "treatment": 10, "canary": 0})
     allocation = client.get("/variants")["allocation"]
     requests_before, outcomes_before = _sums(client.get("/ab"))
-    answered = [client.predict(key=f"durable-{i}") for i in range(100)]
+    answered = many(lambda i: client.predict(key=f"durable-{i}"), list(range(100)))
     assert {r.status_code for r in answered} == {200}
-    acked = [client.session.post(f"{client.url}/feedback", timeout=30,
-                                 json={"request_id": r.json()["request_id"], "outcome": i % 2})
-             for i, r in enumerate(answered)]  # fmt: skip
+    acked = many(lambda i: client.session.post(
+        f"{client.url}/feedback", timeout=30,
+        json={"request_id": answered[i].json()["request_id"], "outcome": i % 2}),
+        list(range(100)))  # fmt: skip
     assert {r.status_code for r in acked} <= {200, 202}, [r.text for r in acked][:3]
     replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
                    if "#experiment#" in a["name"])  # fmt: skip

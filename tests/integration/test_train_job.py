@@ -119,6 +119,9 @@ def test_second_run_is_challenger_and_compared_to_champion(
     ev = json.loads((registry.download(MODEL, 2, home / "dl-2") / "evaluation.json").read_text())
     assert ev["champion"]["version"] == 1 and ev["champion"]["comparable"] is True
     assert ev["lift_over_champion"] == ev["metrics"]["auc"] - ev["champion"]["auc"]
+    # Trained in the job's own process (Ray Train's local mode): nothing was checkpointed.
+    assert ev["training"]["num_workers"] == 0 and ev["training"]["checkpoint"] is None
+    assert ev["training"]["rounds"] >= ev["training"]["best_iteration"] + 1 > 0
 
 
 def test_failed_gate_is_tracked_and_registers_nothing(

@@ -27,6 +27,8 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     p.write_text("model: {name: m}\ndata: {path: x.csv, target: y, task: regression}\n")
     cfg = load_train_config(p, {"train.num_workers": 3, "gates.max_slice_gap": 0.3})
     assert cfg.train.num_workers == 3
+    # 0: Ray Train's local mode, in the job's own process
+    assert load_train_config(p, {"train.num_workers": 0}).train.num_workers == 0
     assert cfg.gates.max_slice_gap == 0.3
     assert cfg.data.holdout == 0.2
 
@@ -42,7 +44,7 @@ def _with(section: str, **kv: Any) -> dict[str, Any]:
     [
         (_with("data", colour="red"), ["data.colour", "unknown key"]),
         (_with("train", num_workers="two"), ["train.num_workers", "'two'"]),
-        (_with("train", num_workers=0), ["train.num_workers", "greater than 0"]),
+        (_with("train", num_workers=-1), ["train.num_workers", "greater than or equal to 0"]),
         (_with("data", task="ranking"), ["data.task", "'binary', 'multiclass' or 'regression'"]),
         (_with("data", holdout=1.5), ["data.holdout", "1.5"]),
         (_with("model", name="has space"), ["model.name", "has space"]),

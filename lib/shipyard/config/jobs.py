@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     field_validator,
@@ -88,7 +89,14 @@ OWNED_PARAMS = frozenset({"objective", "num_class", "device", "nthread", "eval_m
 
 
 class TrainSection(Strict):
-    num_workers: PositiveInt = Field(2, description="Ray Train workers for XGBoost.")
+    num_workers: NonNegativeInt = Field(
+        2,
+        description=(
+            "Ray Train workers for XGBoost. 0 trains in the job's own process (Ray Train's local "
+            "mode): no worker group to start, which on a small table is most of the run, but no "
+            "checkpoints and nothing to resume after a loss, on the node the job runs on."
+        ),
+    )
     cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs reserved per training worker.")
     use_gpu: bool = Field(
         False, description="Train on GPUs (device=cuda) where the cluster has them."

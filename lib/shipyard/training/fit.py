@@ -173,8 +173,10 @@ def blocks_frame(blocks: list[pa.Table]) -> pd.DataFrame:
     return frame
 
 
-def _train_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker; XGBoost's collective is set up by the trainer."""
+def _train_loop(config: dict[str, Any]) -> tuple[xgb.Booster, float | None] | None:
+    """Runs on every Ray Train worker; XGBoost's collective is set up by the trainer. In local
+    mode (`num_workers: 0`, the job's own process) nothing is checkpointed: the booster and the
+    last validation metric are returned instead."""
     import ray.train
     from ray.train.xgboost import RayTrainReportCallback
 
@@ -195,22 +197,29 @@ def _train_loop(config: dict[str, Any]) -> None:
     if checkpoint is not None:  # resumed after a worker or node loss: continue, not restart
         start = resume_from(lambda: RayTrainReportCallback.get_model(checkpoint))
     done = start.num_boosted_rounds() if start is not None else 0
-    xgb.train(
+    metric = config["params"]["eval_metric"]
+    report = (
+        []
+        if config["local"]
+        else [  # first: a round that stops the run is still reported
+            _report_callback({"valid_metric": f"valid-{metric}"}, config["checkpoint_every"], done)
+        ]
+    )
+    history: dict[str, dict[str, list[float]]] = {}
+    booster = xgb.train(
         config["params"],
         dtrain,
         num_boost_round=max(0, config["num_boost_round"] - done),
         evals=[(dvalid, "valid")],
+        evals_result=history,
         xgb_model=start,
         verbose_eval=False,
-        callbacks=[  # reports first: a round that stops the run is still reported
-            _report_callback(
-                {"valid_metric": f"valid-{config['params']['eval_metric']}"},
-                config["checkpoint_every"],
-                done,
-            ),
-            *early_stopping(config["early_stopping_rounds"], config["params"]["eval_metric"]),
-        ],
+        callbacks=[*report, *early_stopping(config["early_stopping_rounds"], metric)],
     )
+    if not config["local"]:
+        return None
+    last = history.get("valid", {}).get(metric)
+    return booster, (last[-1] if last else None)
 
 
 @dataclasses.dataclass
@@ -218,7 +227,7 @@ class TrainOutcome:
     booster: xgb.Booster  # trimmed to the best iteration
     rounds: int
     best_iteration: int
-    checkpoint_path: str
+    checkpoint_path: str | None  # None in local mode (`num_workers: 0`): nothing checkpointed
     valid_metric: float | None  # the early-stopping metric (`eval_metric(task)`) at the end
     resumed_from: int  # 0, or the checkpoint round the last attempt resumed from
 
@@ -236,6 +245,8 @@ def train_xgboost(
     from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
     os.environ.setdefault(REPORT_POLL_ENV, REPORT_POLL_S)  # read by the trainer, sent to workers
+    local = cfg.num_workers == 0  # Ray Train's local mode: the loop runs in this process
+    n = max(cfg.num_workers, 1)
     trainer = XGBoostTrainer(
         _train_loop,
         train_loop_config={
@@ -244,10 +255,8 @@ def train_xgboost(
             "num_boost_round": cfg.num_boost_round,
             "early_stopping_rounds": cfg.early_stopping_rounds,
             "checkpoint_every": cfg.checkpoint_every,
-            "shards": {
-                "train": shards(train, cfg.num_workers, "train"),
-                "valid": shards(valid, cfg.num_workers, "valid"),
-            },
+            "local": local,
+            "shards": {"train": shards(train, n, "train"), "valid": shards(valid, n, "valid")},
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
@@ -265,20 +274,33 @@ def train_xgboost(
         ),
     )
     result = trainer.fit()
+    if local:
+        booster, valid_metric = result.return_value
+        return _outcome(booster, None, valid_metric, 0)
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train finished without a checkpoint (error: {result.error})")
-    booster = RayTrainReportCallback.get_model(result.checkpoint)
+    metrics = result.metrics or {}
+    return _outcome(
+        RayTrainReportCallback.get_model(result.checkpoint),
+        str(Path(result.checkpoint.path)),
+        metrics.get("valid_metric"),
+        int(metrics.get("resumed_from") or 0),
+    )
+
+
+def _outcome(
+    booster: xgb.Booster, checkpoint: str | None, valid_metric: float | None, resumed_from: int
+) -> TrainOutcome:
+    """The run's booster trimmed to its best iteration (early stopping), with what it took."""
     rounds = booster.num_boosted_rounds()
     best = int(booster.attr("best_iteration") or rounds - 1)
-    trimmed = booster[: best + 1] if best + 1 < rounds else booster
-    metrics = result.metrics or {}
     return TrainOutcome(
-        booster=trimmed,
+        booster=booster[: best + 1] if best + 1 < rounds else booster,
         rounds=rounds,
         best_iteration=best,
-        checkpoint_path=str(Path(result.checkpoint.path)),
-        valid_metric=metrics.get("valid_metric"),
-        resumed_from=int(metrics.get("resumed_from") or 0),
+        checkpoint_path=checkpoint,
+        valid_metric=valid_metric,
+        resumed_from=resumed_from,
     )
 
 

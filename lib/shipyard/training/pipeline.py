@@ -73,7 +73,13 @@ class TrainReport:
             "fairness": fairness_summary(e.get("fairness")),
             "training": {
                 k: e["training"][k]
-                for k in ("rounds", "best_iteration", "resumed_from_round", "checkpoint")
+                for k in (
+                    "num_workers",
+                    "rounds",
+                    "best_iteration",
+                    "resumed_from_round",
+                    "checkpoint",
+                )
             },
         }
 
