@@ -1,8 +1,10 @@
 """`make bench`: Shipyard's paths measured side by side with their baselines, in one run.
 
   (a) Ray Data load + Ray Train XGBoost (100 rounds)  vs  pyarrow + bare xgboost.train, same threads
+      (on 1 and 2 workers, and in local mode: `train.num_workers: 0`, the driver's own process)
   (b) Ray Data warm load                                vs  pyarrow.parquet.read_table
   (c) ONNX single-row inference, raw record in          vs  native booster inplace_predict
+  (d) a job's data stage on a 50,000-row table          vs  pyarrow read + the same encoding in pandas
 
 Ray start-up is excluded; everything else (read, encode, DMatrix, train) is inside the timings.
 `--rows` scales the data (default 1,000,000 rows x 30 features).
@@ -79,9 +81,9 @@ def bench_training(files: list[str], schema: Any, storage: str) -> dict[str, Any
     del df, x, dtrain
 
     out: dict[str, Any] = {"bare_s": bare}
-    for workers in (1, 2):
+    for workers in (0, 1, 2):
         cfg = TrainSection(
-            num_workers=workers, cpus_per_worker=THREADS // workers, num_boost_round=ROUNDS,
+            num_workers=workers, cpus_per_worker=THREADS // max(workers, 1), num_boost_round=ROUNDS,
             early_stopping_rounds=ROUNDS + 1, checkpoint_every=ROUNDS,
             params={"max_depth": 6, "eta": 0.1},
         )  # fmt: skip
@@ -110,6 +112,30 @@ def bench_load(files: list[str], repeats: int = 3) -> dict[str, float]:
         pq.read_table(files)
         pa_s.append(time.perf_counter() - t0)
     return {"ray_s": statistics.median(ray_s), "pyarrow_s": statistics.median(pa_s), "rows": rows}
+
+
+def bench_prepare(out: Path, rows: int = 50_000, repeats: int = 3) -> dict[str, float]:
+    """What `jobs.train` does before it trains (`shipyard.training.data.prepare`: resolve and
+    fingerprint the files, read once, validate, split by record hash, fit bin edges and
+    vocabularies on the training split, profile it, encode train and valid), warm, against reading
+    the same table with pyarrow and encoding it with the schema that stage produced."""
+    from shipyard.config.jobs import DataSection
+    from shipyard.demo import datagen
+    from shipyard.training.data import prepare
+
+    files = datagen.write_dataset(out, rows, seed=1, files=1, extra_numeric=17)
+    cfg = DataSection(path=str(out), target=datagen.TARGET, task="binary", drop=["customer_id"])
+    prep = prepare(cfg)  # warm: workers up, file in the page cache
+    ray_s, bare_s = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        prep = prepare(cfg)
+        ray_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        df = pq.read_table([str(f) for f in files]).to_pandas()
+        prep.schema.encode(df)
+        bare_s.append(time.perf_counter() - t0)
+    return {"ray_s": statistics.median(ray_s), "bare_s": statistics.median(bare_s), "rows": rows}
 
 
 def bench_single_row(files: list[str], schema: Any, n: int = 3000) -> dict[str, float]:
@@ -143,7 +169,9 @@ def bench_single_row(files: list[str], schema: Any, n: int = 3000) -> dict[str, 
     }
 
 
-def table(rows: int, tr: dict[str, Any], ld: dict[str, float], sr: dict[str, float]) -> str:
+def table(
+    rows: int, tr: dict[str, Any], ld: dict[str, float], sr: dict[str, float], pr: dict[str, float]
+) -> str:
     def r(a: float, b: float) -> str:
         return f"{a / b:.2f}"
 
@@ -157,10 +185,15 @@ def table(rows: int, tr: dict[str, Any], ld: dict[str, float], sr: dict[str, flo
         f" | {tr['ray_1w_s']:.1f} s | {tr['bare_s']:.1f} s | {r(tr['ray_1w_s'], tr['bare_s'])} | <= 1.3 at 1M rows |",
         f"| (a') same, 2 workers x {THREADS // 2} thread (distributed XGBoost)"
         f" | {tr['ray_2w_s']:.1f} s | {tr['bare_s']:.1f} s | {r(tr['ray_2w_s'], tr['bare_s'])} | — |",
+        f"| (a'') same, `train.num_workers: 0` (Ray Train's local mode, in the driver, {THREADS} threads)"
+        f" | {tr['ray_0w_s']:.1f} s | {tr['bare_s']:.1f} s | {r(tr['ray_0w_s'], tr['bare_s'])} | — |",
         f"| (b) warm load, Ray Data read_parquet vs pyarrow.parquet.read_table"
         f" | {ld['ray_s']:.2f} s | {ld['pyarrow_s']:.2f} s | {r(ld['ray_s'], ld['pyarrow_s'])} | <= 2 s at 1M rows |",
         f"| (c) single-row p50, ONNX raw record -> prediction vs booster.inplace_predict (encoded)"
         f" | {sr['onnx_us']:.0f} µs | {sr['native_us']:.0f} µs | {r(sr['onnx_us'], sr['native_us'])} | <= 50 µs |",
+        f"| (d) a job's data stage on {pr['rows']:,} rows (fingerprint, read, validate, hash split,"
+        " fit preprocessing, profile, encode) vs pyarrow read + the same encoding in pandas"
+        f" | {pr['ray_s']:.2f} s | {pr['bare_s']:.2f} s | {r(pr['ray_s'], pr['bare_s'])} | seconds |",
     ]
     return "\n".join(lines)
 
@@ -183,17 +216,25 @@ def main(argv: list[str] | None = None) -> None:
         )
         try:
             ld = bench_load(files)
+            pr = bench_prepare(Path(tmp) / "prep")
             tr = bench_training(files, schema, str(Path(tmp) / "ckpt"))
         finally:
             ray.shutdown()
-    text = table(args.rows, tr, ld, sr)
+    text = table(args.rows, tr, ld, sr, pr)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "foundation.md").write_text(text + "\n")
     (out / "foundation.json").write_text(
         json.dumps(
-            {"rows": args.rows, "training": tr, "load": ld, "single_row": sr, "machine": machine()},
+            {
+                "rows": args.rows,
+                "training": tr,
+                "load": ld,
+                "single_row": sr,
+                "prepare": pr,
+                "machine": machine(),
+            },
             indent=1,
         )
     )
