@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export SHIPYARD_HOME ?= $(abspath $(STATE))
 
-.PHONY: install lock demo test check lint unit bench docs clean help mlflow-ui cluster-up cluster-down cluster-status tune learning-curve
+.PHONY: install bytecode lock demo test check lint unit bench docs clean help mlflow-ui cluster-up cluster-down cluster-status tune learning-curve
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -41,7 +41,13 @@ lock:  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
 
-demo: install  ## generate data, train, serve and A/B on a local Ray, then stop; KEEP=1 keeps the app up until Ctrl-C
+# The project's own modules as .pyc too (the venv's are compiled at install): every job driver,
+# Ray worker and Serve replica would otherwise compile them again under PYTHONDONTWRITEBYTECODE
+# (~0.4 s of CPU for each that imports the training code).
+bytecode: install
+	$(PY) -m compileall -q lib jobs serving > /dev/null
+
+demo: bytecode  ## generate data, train, serve and A/B on a local Ray, then stop; KEEP=1 keeps the app up until Ctrl-C
 	$(PY) -m shipyard.demo --state $(STATE) $${KEEP:+--keep-serving}
 
 lint: install  ## ruff + mypy
@@ -56,10 +62,7 @@ check: lint unit  ## the fast loop: ruff, mypy and every unit test (no Ray), abo
 
 # The tests run on two pytest-xdist workers, scheduled by tests/conftest.py: the autoscaling
 # cluster's drills alone first, then the session's Ray tests beside the unit tests.
-# compileall: the project's own modules as .pyc too, which every job driver, Ray worker and Serve
-# replica would otherwise compile again (~0.4 s of CPU for each that imports the training code).
-test: install lint  ## the whole suite: lint, then unit, integration and model tests (see README: Testing)
-	$(PY) -m compileall -q lib jobs serving > /dev/null
+test: bytecode lint  ## the whole suite: lint, then unit, integration and model tests (see README: Testing)
 	$(PY) -m pytest -q -n 2 --durations=15 -p no:cacheprovider
 
 bench: install $(BENCH_VENV)/.installed  ## benchmarks side by side with their baselines; ROWS=1000000, REQUESTS=3000, TUNE_ROWS, TRIALS, DRIFT_WINDOWS to scale

@@ -52,7 +52,7 @@ def test_a_stale_group_number_kills_only_processes_carrying_the_clusters_tmpdir(
 ) -> None:
     """Once a cluster's `ray start` is gone and reaped, its group's number may lead another
     group (pids wrap): only the processes with the cluster's TMPDIR are killed."""
-    from shipyard.compute.localray import kill_marked
+    from shipyard.compute.localray import group_members, kill_marked
 
     ours, theirs = str(tmp_path / "ours"), str(tmp_path / "theirs")
     # One group, two kinds of member: the cluster's (its TMPDIR) and a stranger's.
@@ -63,32 +63,13 @@ def test_a_stale_group_number_kills_only_processes_carrying_the_clusters_tmpdir(
     )
     try:
         time.sleep(0.5)
-        members = [
-            int(p.name)
-            for p in Path("/proc").glob("[0-9]*")
-            if _group_of(p) == leader.pid and int(p.name) != leader.pid
-        ]
+        members = [pid for pid in group_members(leader.pid) if pid != leader.pid]
         assert len(members) == 2, members
         killed = kill_marked(leader.pid, ours)
         time.sleep(0.2)
-        alive = [pid for pid in members if _running(pid)]
+        alive = [pid for pid in members if pid in group_members(leader.pid)]
         assert leader.pid in killed and len(alive) == 1  # the stranger's sleep lives on
         assert f"TMPDIR={theirs}".encode() in Path(f"/proc/{alive[0]}/environ").read_bytes()
     finally:
         os.killpg(leader.pid, signal.SIGKILL)
         leader.wait()
-
-
-def _group_of(proc: Path) -> int | None:
-    try:
-        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -40,7 +40,7 @@ from ray.autoscaler._private.fake_multi_node.node_provider import (
 )
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 
-from shipyard.compute.localray import LocalCluster, group_alive, ray_env, stop_group
+from shipyard.compute.localray import LocalCluster, group_alive, proc_stat, ray_env, stop_group
 from shipyard.compute.spot import CAPACITY_LABEL
 
 HEAD_TYPE = "ray.head.default"
@@ -246,13 +246,15 @@ def pids_of_node(pgid: int, node_id: str) -> list[int]:
     parent: dict[int, int] = {}
     roots = []
     for proc in Path("/proc").glob("[0-9]*"):
+        stat = proc_stat(proc)
+        if stat is None:
+            continue
+        parent[int(proc.name)] = int(stat[1])
+        if int(stat[2]) != pgid:  # workers have groups of their own: found as descendants
+            continue
         try:
-            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            parent[int(proc.name)] = int(stat[1])
-            if int(stat[2]) != pgid:  # workers have groups of their own: found as descendants
-                continue
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue
         if node_id in cmdline:
             roots.append(int(proc.name))

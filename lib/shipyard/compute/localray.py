@@ -31,16 +31,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def proc_stat(proc: Path) -> list[str] | None:
+    """The fields of `/proc/<pid>/stat` after the command name (state, ppid, pgrp, ...), or
+    None when the process is gone."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """The running processes of one process group (zombies do not count)."""
+    members = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat(proc)
+        if fields and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(proc.name))
+    return members
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of the group is still running (zombies do not count)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return bool(group_members(pgid))
 
 
 def stop_group(pgid: int, grace_s: float) -> None:
@@ -61,14 +73,12 @@ def kill_marked(pgid: int, tmpdir: str) -> list[int]:
     another group (pids wrap at pid_max, 32,768 on small machines)."""
     marker = f"TMPDIR={tmpdir}".encode()
     killed = []
-    for proc in Path("/proc").glob("[0-9]*"):
+    for pid in group_members(pgid):
         try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid or marker not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            os.kill(int(proc.name), signal.SIGKILL)
-            killed.append(int(proc.name))
-        except (OSError, IndexError, ValueError):
+            if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        except OSError:  # gone meanwhile, or not ours to read
             continue
     return killed
 
