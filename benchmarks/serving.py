@@ -198,9 +198,11 @@ def run_serve(
     """(b) and (c) on a fresh local Ray started from this process's environment."""
     import ray
     from ray import serve
+    from ray.serve.context import _get_global_client
 
     from benchmarks.bare_server import minimal_serve_app
     from serving.app import build_app
+    from shipyard.compute.ingress import ingress_urls
     from shipyard.compute.localray import free_port
 
     out: dict[str, Any] = {}
@@ -233,6 +235,16 @@ def run_serve(
         out["shipyard_batched"] = measure(
             f"{base}/shipyard/predict", records, max(50, n // 20), concurrency, batch, keyed=True
         )
+        # The same app at the router replica's own port (direct ingress, on in throughput mode).
+        details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote())
+        direct = ingress_urls(details, "shipyard")
+        if direct:
+            out["shipyard_direct"] = measure(
+                f"{direct[0]}/predict", records, n, concurrency, keyed=True
+            )
+            out["shipyard_direct_batched"] = measure(
+                f"{direct[0]}/predict", records, max(50, n // 20), concurrency, batch, keyed=True
+            )
         # One part at a time beside the full app (two apps fit the benchmark's 2 CPUs, three
         # do not): full, part off, full, part off.
         turns: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -294,6 +306,11 @@ def run(n: int, concurrency: int, batch: int) -> dict[str, Any]:
     return results
 
 
+def _direct(m: dict[str, Any], field: str) -> float:
+    """A direct-ingress figure of one Serve mode (NaN where that mode has no direct ingress)."""
+    return float(m["shipyard_direct"][field]) if "shipyard_direct" in m else float("nan")
+
+
 def table(r: dict[str, Any]) -> str:
     def row(name: str, x: dict[str, Any]) -> str:
         return f"| {name} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms | {x['rps']:.0f} | {x['errors']} |"
@@ -312,6 +329,9 @@ def table(r: dict[str, Any]) -> str:
             row(f"(b) minimal Ray Serve app, one deployment — {mode} Serve", m["minimal"]),
             row(f"(c) Shipyard: router + 2 live variants, keyed — {mode} Serve", m["shipyard"]),
         ]
+        if "shipyard_direct" in m:
+            lines.append(row(f"(c') Shipyard at the router's own port (direct ingress) — {mode} "
+                             "Serve", m["shipyard_direct"]))  # fmt: skip
     lines += ["", "| ratio | " + " | ".join(f"{m} Serve" for m in SERVE_MODES) + " | goal |",
               "|---|" + "---|" * len(SERVE_MODES) + "---|"]  # fmt: skip
 
@@ -322,6 +342,8 @@ def table(r: dict[str, Any]) -> str:
         f"| (c)/(b) p50 | {ratio(lambda m: m['shipyard']['p50_ms'] / m['minimal']['p50_ms'])} | <= 1.25 |",
         f"| (c)/(b) throughput | {ratio(lambda m: m['shipyard']['rps'] / m['minimal']['rps'])} | >= 0.8 |",
         f"| (c)/(a) p50 | {ratio(lambda m: m['shipyard']['p50_ms'] / r['bare']['p50_ms'])} | — |",
+        f"| (c')/(b) throughput | {ratio(lambda m: _direct(m, 'rps') / m['minimal']['rps'])} | — |",
+        f"| (c')/(a) throughput | {ratio(lambda m: _direct(m, 'rps') / r['bare']['rps'])} | >= 0.25 |",
         "",
         f"Batched requests ({r['batch']} records each), rows/s:",
         "",
@@ -335,7 +357,10 @@ def table(r: dict[str, Any]) -> str:
         for name, key in (
             ("(b) minimal Serve", "minimal_batched"),
             ("(c) Shipyard", "shipyard_batched"),
+            ("(c') Shipyard, direct ingress", "shipyard_direct_batched"),
         ):
+            if key not in r[mode]:
+                continue
             v = r[mode][key]["rows_per_s"]
             lines.append(
                 f"| {name} — {mode} | {v:,.0f} | {v / r['ort_rows_per_s']:.2f} | "

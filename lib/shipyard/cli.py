@@ -4,6 +4,7 @@
     shipyard retrain approve ID [--by NAME]     the retrained version joins live traffic as a canary
     shipyard retrain reject ID --reason TEXT
     shipyard review export --queue CSV --into DIR --like PARQUET --target COL [--time-column C]
+    shipyard ingress [--address DASHBOARD] [--app NAME]   the router replicas' own URLs
 
 The retrain commands call the app's routes (`--url`, default $SHIPYARD_URL or
 http://127.0.0.1:8000) with the admin token from $SHIPYARD_ADMIN_TOKEN.
@@ -79,6 +80,23 @@ def _review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingress(args: argparse.Namespace) -> int:
+    """One URL per router replica (Serve's direct ingress: no proxy hop), from Serve's REST API."""
+    from shipyard.compute.ingress import direct_urls
+
+    try:
+        urls = direct_urls(args.address, args.app)
+    except OSError as err:
+        print(f"error: cannot read Serve's applications at {args.address}: {err}", file=sys.stderr)
+        return 2
+    if not urls:
+        print(f"error: no direct ingress for app {args.app!r} at {args.address} (not deployed, "
+              "or Serve runs without RAY_SERVE_THROUGHPUT_OPTIMIZED=1)", file=sys.stderr)  # fmt: skip
+        return 2
+    print("\n".join(urls))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="shipyard", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -96,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--like", required=True, help="a parquet file of the training data")
     rv.add_argument("--target", required=True, help="the training config's data.target")
     rv.add_argument("--time-column", help="the training config's data.time_column")
+    ig = sub.add_parser("ingress", help="the serving app's direct URLs (one per router replica)")
+    ig.add_argument("--address", default=os.environ.get("RAY_DASHBOARD_ADDRESS",
+                                                        "http://127.0.0.1:8265"),
+                    help="the Ray dashboard (default $RAY_DASHBOARD_ADDRESS or :8265)")  # fmt: skip
+    ig.add_argument("--app", default="shipyard", help="the Serve application's name")
     return ap
 
 
@@ -109,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             print("error: retrain reject needs --reason", file=sys.stderr)
             return 2
         return _retrain(args)
+    if args.command == "ingress":
+        return _ingress(args)
     return _review(args)
 
 

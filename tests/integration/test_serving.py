@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,31 @@ def app_args(home: Path, **extra: Any) -> dict[str, Any]:
 
 
 class Client:
-    def __init__(self, url: str, records: list[dict[str, Any]]) -> None:
-        self.url = url
+    """The app's HTTP client: `url` is the router replica's own port (Serve's direct ingress,
+    how clients reach Shipyard), `proxy_url` Serve's proxy on the head node (the fallback)."""
+
+    def __init__(
+        self, urls: Callable[[], list[str]], proxy_url: str, records: list[dict[str, Any]]
+    ) -> None:
+        self._urls = urls
+        self.url: str = self.reconnect()
+        self.proxy_url = proxy_url
         self.records = records
         self._local = threading.local()
+
+    def reconnect(self, timeout_s: float = 60) -> str:
+        """The router replica's URL as Serve lists it now (a redeployed replica may have another
+        port), once it answers."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(requests.RequestException, OSError):
+                for url in self._urls():
+                    if requests.get(f"{url}/healthz", timeout=5).json().get("ok"):
+                        self.url = str(url)
+                        return url
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no direct ingress answers: {self._urls()}")
+            time.sleep(0.5)
 
     @property
     def session(self) -> requests.Session:
@@ -150,6 +171,7 @@ def client(
     import ray
     from ray import serve
 
+    from shipyard.compute.ingress import direct_urls
     from shipyard.compute.localray import free_port, ray_env
 
     if not ray.is_initialized():
@@ -180,7 +202,7 @@ def client(
     with pytest.MonkeyPatch.context() as mp:  # this process sees the registry, events and S3
         for k, v in {**job_env, **s3_server.env}.items():
             mp.setenv(k, v)
-        yield Client(url, records)
+        yield Client(lambda: direct_urls(cluster.address), url, records)
     # Shutting Serve down takes ~35 s of graceful replica stops; the next modules only submit
     # jobs to the cluster, so it runs beside them (the session's cluster stop ends it anyway).
     threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True).start()
@@ -517,17 +539,19 @@ def _rss_mb(class_name: str) -> float:
     return float(psutil.Process(actors[0].pid).memory_info().rss) / 2**20
 
 
-def test_a_chunked_200_mb_body_is_refused_before_it_is_read(client: Client) -> None:
+@pytest.mark.parametrize("entrance", ["direct", "proxy"])
+def test_a_chunked_200_mb_body_is_refused_before_it_is_read(client: Client, entrance: str) -> None:
     """A chunked upload declares no length. Serve's proxy would buffer all of it, and the router
     replica fetch all of it, before the app could answer; the proxy's own body limit (the same
     guard, installed by `proxy_middlewares`) counts the bytes as they arrive and stops at the
-    limit, so neither the proxy's nor the router's memory follows the body."""
+    limit, and so does the router's when the bytes arrive at its own port (direct ingress), so
+    neither the proxy's nor the router's memory follows the body."""
     import http.client
     from urllib.parse import urlparse
 
     actors = ("ServeReplica:shipyard:router", "ProxyActor")
     before = {a: _rss_mb(a) for a in actors}
-    url = urlparse(client.url)
+    url = urlparse(client.url if entrance == "direct" else client.proxy_url)
     conn = http.client.HTTPConnection(str(url.hostname), url.port, timeout=60)
     conn.putrequest("POST", "/predict")
     conn.putheader("Content-Type", "application/json")
@@ -655,6 +679,28 @@ def test_variants_manifest(client: Client, versions: dict[str, int]) -> None:
     assert v["treatment"]["model_version"] == versions["treatment"]  # alias pinned at deploy
     assert all(x["replicas"] == 1 and x["healthy"] and x["loaded_at"] > 0 for x in v.values())
     assert sum(x["traffic_share"] for x in v.values()) == pytest.approx(1.0)
+
+
+def test_the_router_answers_on_its_own_port_and_through_the_proxy(
+    client: Client, cluster: Any
+) -> None:
+    """Direct ingress: `shipyard ingress` prints the router replica's own URL, the one these
+    tests use; Serve's proxy on the head node answers for the same app the same way."""
+    cli = str(Path(sys.executable).with_name("shipyard"))
+    done = subprocess.run([cli, "ingress", "--address", cluster.address],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [client.url] and client.url != client.proxy_url
+    body: dict[str, Any] = {"instances": client.records[:3], "key": "both-entrances"}
+    answers = [client.session.post(f"{url}/predict", json=body, timeout=30)
+               for url in (client.url, client.proxy_url)]  # fmt: skip
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    direct, proxied = (a.json() for a in answers)
+    assert direct["variant"] == proxied["variant"]
+    assert direct["predictions"] == proxied["predictions"]
+    unknown = subprocess.run([cli, "ingress", "--address", cluster.address, "--app", "nope"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert unknown.returncode == 2 and "no direct ingress for app 'nope'" in unknown.stderr
 
 
 @pytest.mark.parametrize(
@@ -921,6 +967,7 @@ def test_drift_retrains_and_the_new_version_waits_for_approval(
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # Serve rolls the app over to the new config
         with contextlib.suppress(requests.RequestException, AssertionError, KeyError):
+            client.reconnect(timeout_s=10)  # the new router replica may have another port
             variants = {v["variant"]: v for v in client.get("/variants")["variants"]}
             if name in variants and client.get("/retrain")["requests"][0]["status"] == "live":
                 break
@@ -935,5 +982,6 @@ def test_drift_retrains_and_the_new_version_waits_for_approval(
     assert variants[name]["weight"] == 5 and int(variants[name]["model_version"]) == version
     r = client.predict(headers={"X-Shipyard-Variant": name})
     assert r.status_code == 200 and r.json()["model_version"] == str(version)
+    url = f"{client.url}/retrain/{request['id']}/approve"
     again = client.session.post(url, headers=ADMIN, timeout=30)
     assert again.status_code == 409 and "live" in again.json()["error"]

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from shipyard.bundle.lineage import git_env
+from shipyard.compute.ingress import direct_urls
 from shipyard.compute.localray import LocalCluster, ray_env
 from shipyard.compute.submit import submit_command
 from shipyard.contract import HOME_ENV
@@ -322,14 +323,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         from shipyard.compute.localray import free_port
 
-        url = deploy(cluster, home, free_port())
-        print(f"app up at {url}; sending keyed traffic with simulated outcomes ...", flush=True)
+        proxy = deploy(cluster, home, free_port())
+        # The router's own port (Serve's direct ingress): no proxy hop, ~5x the requests/s here.
+        url = (direct_urls(cluster.address) or [proxy])[0]
+        print(f"app up at {url} (the router's own port; `shipyard ingress` lists them) and at "
+              f"{proxy} (Serve's proxy); sending keyed traffic with simulated outcomes ...",
+              flush=True)  # fmt: skip
         served = send_traffic(url, data_dir)
         print(f"served: {served}")
         time.sleep(0.5)
         print("\n" + ab_summary(_get(f"{url}/ab")) + "\n")
         loaded = {v["variant"]: v["loaded_at"] for v in _get(f"{url}/variants")["variants"]}
-        deploy(cluster, home, int(url.rsplit(":", 1)[1]), weights={"control": 80, "treatment": 20})
+        deploy(
+            cluster, home, int(proxy.rsplit(":", 1)[1]), weights={"control": 80, "treatment": 20}
+        )
         live = _get(f"{url}/variants")["variants"]
         same = all(v["loaded_at"] == loaded[v["variant"]] for v in live)
         print(
