@@ -23,6 +23,7 @@ from shipyard.compute.localcluster import AutoscalingLocalCluster, preempt, work
 from shipyard.compute.localray import ray_env
 from shipyard.compute.submit import submit_command
 from shipyard.events import EventLog
+from shipyard.training.tuning import PROGRESS_FILE
 from tests.conftest import Job, job_result, write_config
 
 IDLE_S = 20
@@ -174,26 +175,41 @@ def finished_trials(study: Path, rounds: int) -> int:
     return sum(bool(r) and r[-1].get("rounds") == rounds for r in trial_rows(study).values())
 
 
-def running_trial(study: Path, rounds: int, since: float = 0.0) -> tuple[str, str] | None:
-    """(trial, node) of an unfinished trial that wrote a checkpoint since `since`.
+def newest_checkpoint(trial_dir: Path) -> tuple[float, dict[str, Any]] | None:
+    """(written at, progress) of a trial's newest checkpoint: its rounds, node and resume point,
+    which the trial writes itself (None: none yet, or the newest is still being written)."""
+    ckpts = sorted(trial_dir.glob("checkpoint_*"), key=lambda c: int(c.name.split("_")[1]))
+    if not ckpts:
+        return None
+    try:
+        progress = json.loads((ckpts[-1] / PROGRESS_FILE).read_text())
+        return ckpts[-1].stat().st_mtime, progress
+    except (OSError, ValueError):
+        return None
 
-    The checkpoint is the signal because the trial writes it to storage itself: the rows in
-    result.json pass through the driver, which on a busy machine writes them late, so "has done
-    at most N rounds" read from them can miss a whole trial. Its checkpoints are numbered
-    from the trial's start, so "at most half its rounds done" is known without the rows."""
-    for name, r in trial_rows(study).items():
-        fresh = [x for x in r if x["timestamp"] >= since]
-        ckpts = [c for c in (study / name).glob("checkpoint_*") if c.stat().st_mtime >= since]
-        early = ckpts and max(int(c.name.split("_")[1]) for c in ckpts) < rounds // CKPT_EVERY // 2
-        if fresh and early and fresh[-1]["rounds"] < rounds:
-            return name, str(fresh[-1]["node_id"])
+
+def running_trial(study: Path, rounds: int, since: float = 0.0) -> tuple[str, str] | None:
+    """(trial, node) of a trial whose newest checkpoint, written since `since`, is from the
+    first half of its rounds: most of its work is still to come.
+
+    Read from the checkpoints, which the trial writes to storage itself: the rows in result.json
+    pass through the driver, which writes them late (a resumed driver once wrote none of a whole
+    trial's rows within its 7 s)."""
+    for trial_dir in sorted(study.glob("*/")):  # no study directory yet: no trial
+        newest = newest_checkpoint(trial_dir)
+        if newest is not None and newest[0] >= since and newest[1]["rounds"] < rounds // 2:
+            return trial_dir.name, str(newest[1]["node_id"])
     return None
 
 
 def continued_elsewhere(study: Path, trial: str, lost_node: str) -> bool:
-    """The trial reported again from another node, restarted from one of its checkpoints."""
-    rows = trial_rows(study).get(trial, [])
-    return any(x["node_id"] != lost_node and (x.get("resumed_from") or 0) > 0 for x in rows)
+    """The trial checkpointed again on another node, restarted from one of its checkpoints."""
+    newest = newest_checkpoint(study / trial)
+    return (
+        newest is not None
+        and newest[1]["node_id"] != lost_node
+        and (newest[1]["resumed_from"] or 0) > 0
+    )
 
 
 def test_tuning_survives_a_lost_node_and_a_killed_driver(

@@ -9,6 +9,7 @@ loses its node is retried from its last checkpoint; a driver that dies is picked
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -47,6 +48,10 @@ def search_space(space: dict[str, SearchParam]) -> dict[str, Any]:
     return out
 
 
+# Beside each trial checkpoint's booster: how far it got and where (the node that wrote it), read
+# without the driver: a trial's rows in result.json pass through the driver, which may write them
+# late.
+PROGRESS_FILE = "progress.json"
 INT_PARAMS = ("max_depth", "max_leaves", "max_bin", "num_parallel_tree")
 
 
@@ -98,6 +103,8 @@ def trial(config: dict[str, Any], data: dict[str, Any]) -> None:
             if rounds % study["checkpoint_every"] == 0 or rounds >= study["max_rounds"]:
                 with tempfile.TemporaryDirectory() as tmp:
                     model.save_model(str(Path(tmp) / "model.ubj"))
+                    progress = {k: metrics[k] for k in ("rounds", "resumed_from", "node_id")}
+                    (Path(tmp) / PROGRESS_FILE).write_text(json.dumps(progress))
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             else:
                 tune.report(metrics)
