@@ -61,9 +61,13 @@ unit: install  ## the unit tests alone (pure logic, no Ray), on two pytest-xdist
 check: lint unit  ## the fast loop: ruff, mypy and every unit test (no Ray), about 1.5 minutes
 
 # The tests run on two pytest-xdist workers, scheduled by tests/conftest.py: the autoscaling
-# cluster's drills alone first, then the session's Ray tests beside the unit tests.
-test: bytecode lint  ## the whole suite: lint, then unit, integration and model tests (see README: Testing)
-	$(PY) -m pytest -q -n 2 --durations=15 -p no:cacheprovider
+# cluster's drills alone first, then the session's Ray tests beside the unit tests. Lint (one
+# process, mostly a cold mypy in a fresh clone) runs beside the drills' start-up; its output
+# comes at the end, and either failing fails the target.
+test: bytecode  ## the whole suite: lint beside unit, integration and model tests (see README: Testing)
+	@$(MAKE) --no-print-directory lint > .lint.log 2>&1 & lint=$$!; \
+	$(PY) -m pytest -q -n 2 --durations=15 -p no:cacheprovider; rc=$$?; \
+	wait $$lint || rc=1; echo "--- lint (ruff, mypy) ---"; cat .lint.log; rm -f .lint.log; exit $$rc
 
 bench: install $(BENCH_VENV)/.installed  ## benchmarks side by side with their baselines; ROWS=1000000, REQUESTS=3000, TUNE_ROWS, TRIALS, DRIFT_WINDOWS to scale
 	$(PY) -m benchmarks.run --rows $${ROWS:-1000000} --out benchmarks/results
