@@ -33,3 +33,12 @@ def test_a_bound_host_is_where_the_replica_listens() -> None:
 def test_no_app_or_no_direct_ingress_is_no_url() -> None:
     assert ingress_urls(details("0.0.0.0", []), "shipyard") == []
     assert ingress_urls({"applications": {}}, "shipyard") == []
+
+
+def test_the_controllers_own_dict_names_the_protocol_by_enum() -> None:
+    """In-process (the benchmark asks Serve's controller), the protocol is Serve's enum."""
+    from ray.serve._private.common import RequestProtocol
+
+    d = details("127.0.0.1", [group("shipyard", "HTTP", [30000])])
+    d["target_groups"][0]["protocol"] = RequestProtocol.HTTP
+    assert ingress_urls(d, "shipyard") == ["http://127.0.0.1:30000"]

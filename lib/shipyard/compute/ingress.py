@@ -22,12 +22,14 @@ ALL_INTERFACES = ("0.0.0.0", "::", "")
 
 
 def ingress_urls(details: dict[str, Any], app: str) -> list[str]:
-    """Base URLs of `app`'s ingress replicas, from Serve's instance details (the REST answer):
-    the replica's node address when Serve binds all interfaces, else the bound host."""
+    """Base URLs of `app`'s ingress replicas, from Serve's instance details (the REST answer, or
+    the controller's own dict): the replica's node address when Serve binds all interfaces, else
+    the bound host."""
     bound = str((details.get("http_options") or {}).get("host") or "")
     urls = []
     for group in details.get("target_groups") or []:
-        if group.get("app_name") != app or str(group.get("protocol")).upper() != "HTTP":
+        protocol = group.get("protocol")  # "HTTP" in the REST answer, an enum from the controller
+        if group.get("app_name") != app or str(getattr(protocol, "value", protocol)) != "HTTP":
             continue
         prefix = str(group.get("route_prefix") or "/").rstrip("/")
         for target in group.get("targets") or []:
