@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         from shipyard.compute.localray import free_port
 
         proxy = deploy(cluster, home, free_port())
-        # The router's own port (Serve's direct ingress): no proxy hop, ~5x the requests/s here.
+        # The router's own port (Serve's direct ingress): no proxy hop (~3x the requests/s, README).
         url = (direct_urls(cluster.address) or [proxy])[0]
         print(f"app up at {url} (the router's own port; `shipyard ingress` lists them) and at "
               f"{proxy} (Serve's proxy); sending keyed traffic with simulated outcomes ...",
