@@ -28,14 +28,21 @@ def binormal(rng: np.random.Generator, n: int, auc: float, rate: float) -> tuple
     return y, 1 / (1 + np.exp(1 - s))
 
 
+def auc(y: Any, p: Any) -> float:
+    """ROC AUC from ranks (Mann-Whitney, ties counted half): sklearn's `roc_auc_score`, without
+    its input checks, which took two thirds of the 100-slice simulation's time."""
+    ranks = stats.rankdata(p)
+    pos = np.asarray(y) == 1
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def old_rule_refuses(frame: pd.DataFrame, y: Any, p: Any, min_rows: int = 50) -> bool:
     """The gate before: refuse if any slice's point AUC trails the overall by > GAP."""
-    from sklearn.metrics import roc_auc_score
-
-    overall = roc_auc_score(y, p)
+    overall = auc(y, p)
     for _, idx in frame.groupby("g").indices.items():
         testable = len(idx) >= min_rows and len(np.unique(y[idx])) == 2
-        if testable and overall - roc_auc_score(y[idx], p[idx]) > GAP:
+        if testable and overall - auc(y[idx], p[idx]) > GAP:
             return True
     return False
 

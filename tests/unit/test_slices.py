@@ -26,7 +26,8 @@ def test_delong_matches_auc_and_the_bootstrap() -> None:
 
 @pytest.mark.parametrize("levels", [None, 7])
 def test_delong_auc_is_sklearns_on_small_samples_and_ties(levels: int | None) -> None:
-    """Also what the drift actor's performance monitor judges labelled outcomes with."""
+    """Also what the drift actor's performance monitor judges labelled outcomes with (and the
+    simulations' AUC, with which they replay the slice rule before)."""
     rng = np.random.default_rng(levels or 0)
     for n in (2, 5, 300):
         y = (rng.random(n) < 0.4).astype(float)
@@ -35,6 +36,7 @@ def test_delong_auc_is_sklearns_on_small_samples_and_ties(levels: int | None) ->
         if levels:  # scores on a few levels: many ties, within and across the classes
             p = np.round(p * levels) / levels
         assert sl.delong(y, p)[0] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert sim.auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)  # the old rule's
 
 
 def test_rmse_and_macro_f1_errors_match_a_bootstrap() -> None:
