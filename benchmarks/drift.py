@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.run import machine
+from shipyard.config.drift import DriftSettings
 from shipyard.demo import datagen
 from shipyard.monitoring.drift import (
     Binner,
     DriftMonitor,
-    DriftSettings,
     Reference,
     WindowCounts,
     judge_window,

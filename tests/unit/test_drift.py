@@ -11,11 +11,11 @@ import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from shipyard.config.drift import DriftSettings
 from shipyard.demo import datagen
 from shipyard.monitoring.drift import (
     PREDICTION,
     DriftMonitor,
-    DriftSettings,
     Reference,
     WindowCounts,
     benjamini_hochberg,

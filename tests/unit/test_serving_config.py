@@ -110,8 +110,8 @@ def test_integer_categories_read_as_strings() -> None:
 
 
 def test_drift_section_maps_onto_the_statistics_settings() -> None:
+    from shipyard.config.drift import DriftSettings
     from shipyard.config.serving import DriftSection
-    from shipyard.monitoring.drift import DriftSettings
 
     assert set(DriftSettings.model_fields) <= set(DriftSection.model_fields)
     assert issubclass(DriftSection, DriftSettings)  # one definition of the statistics' fields

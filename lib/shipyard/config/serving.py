@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from shipyard.config.base import Strict, load_yaml, parse_config
+from shipyard.config.drift import DriftSettings
 from shipyard.errors import ConfigError
-from shipyard.monitoring.drift import DriftSettings
 
 NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,39}$"
 Trigger = Literal["features", "prediction", "quality", "performance"]
@@ -163,7 +163,7 @@ class Limits(Strict):
 
 class DriftSection(DriftSettings):
     """Drift actors: one per variant, fed by its replicas off the request path. The statistics'
-    settings are `shipyard.monitoring.drift.DriftSettings` (one definition, one set of defaults);
+    settings are `shipyard.config.drift.DriftSettings` (one definition, one set of defaults);
     this adds how replicas feed the actors and how the actors keep their state."""
 
     enabled: bool = Field(True, description="Run a drift actor for every variant.")
