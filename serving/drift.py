@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from serving.settings import AppSettings
+from shipyard.config.serving import DriftSection
 from shipyard.errors import StorageError
 from shipyard.events import EventLog
 from shipyard.monitoring.drift import PREDICTION, DriftMonitor, Reference
@@ -46,15 +47,15 @@ class DriftFeeder:
     def __init__(
         self,
         send: Callable[[Batch], Awaitable[Any]],
-        batch_rows: int = 5000,
-        flush_interval_s: float = 1.0,
-        max_buffer_rows: int = 50_000,
+        settings: DriftSection | None = None,
         send_timeout_s: float = 30.0,
     ) -> None:
+        """`settings`: the serving config's `drift` section (its defaults when None)."""
+        settings = settings or DriftSection()
         self.send = send
-        self.batch_rows = batch_rows
-        self.flush_interval_s = flush_interval_s
-        self.max_buffer_rows = max_buffer_rows
+        self.batch_rows = settings.batch_rows
+        self.flush_interval_s = settings.flush_interval_s
+        self.max_buffer_rows = settings.max_buffer_rows
         self.send_timeout_s = send_timeout_s
         self.feeds: list[dict[str, np.ndarray]] = []
         self.scores: list[np.ndarray] = []
@@ -166,14 +167,12 @@ class DriftActor:
         self.monitor = DriftMonitor(Reference.from_profile(profile), section.settings())
         perf = cfg.performance
         self.performance = (
-            PerformanceMonitor(evaluation["task"], evaluation["metrics"], perf.window,
-                               perf.min_outcomes, perf.max_drop, perf.alpha)
+            PerformanceMonitor(evaluation["task"], evaluation["metrics"], perf)
             if perf.outcome_is_label else None
         )  # fmt: skip
         rv = cfg.review
         self.review = (
-            ReviewSampler(queue_path(app.review_dir, self.version), rv.band, rv.sample_rate,
-                          rv.max_rows)
+            ReviewSampler(queue_path(app.review_dir, self.version), rv)
             if rv.enabled and evaluation["task"] == "binary" else None
         )  # fmt: skip
         self.checkpoint_s = section.checkpoint_s

@@ -66,13 +66,7 @@ class VariantModel:
         self.faults = v.faults
         self.feeder: DriftFeeder | None = None
         if drift is not None:
-            c = app.config.drift
-            self.feeder = DriftFeeder(
-                lambda batch: drift.ingest.remote(batch),
-                batch_rows=c.batch_rows,
-                flush_interval_s=c.flush_interval_s,
-                max_buffer_rows=c.max_buffer_rows,
-            )
+            self.feeder = DriftFeeder(lambda batch: drift.ingest.remote(batch), app.config.drift)
         self.loaded_at: float | None = None
         self._load()
 

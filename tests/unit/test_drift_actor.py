@@ -15,7 +15,7 @@ import pytest
 
 from serving.drift import DriftActor, DriftFeeder
 from serving.settings import AppSettings
-from shipyard.config.serving import ServingConfig
+from shipyard.config.serving import DriftSection, ServingConfig
 from shipyard.demo import datagen
 from shipyard.events import EventLog
 from shipyard.monitoring.drift import profile_of_frame
@@ -43,7 +43,7 @@ class Sink:
 def test_feeder_ships_buffered_rows_in_batches() -> None:
     async def run() -> Sink:
         sink = Sink()
-        feeder = DriftFeeder(sink, batch_rows=250, flush_interval_s=0.05)
+        feeder = DriftFeeder(sink, DriftSection(batch_rows=250, flush_interval_s=0.05))
         for i in range(10):
             feeder.add(*batch_of(100, seed=i))
             await asyncio.sleep(0)
@@ -68,7 +68,7 @@ def test_a_dead_actor_costs_rows_not_predictions() -> None:
         return sink(batch)
 
     async def run() -> DriftFeeder:
-        feeder = DriftFeeder(counted, batch_rows=100, flush_interval_s=0.01)
+        feeder = DriftFeeder(counted, DriftSection(batch_rows=100, flush_interval_s=0.01))
         for i in range(20):
             batch = batch_of(50, seed=i)
             sent = len(calls)
@@ -88,7 +88,8 @@ def test_a_dead_actor_costs_rows_not_predictions() -> None:
 def test_a_slow_actor_backs_up_a_bounded_buffer() -> None:
     async def run() -> DriftFeeder:
         feeder = DriftFeeder(
-            Sink(delay_s=10), batch_rows=100, flush_interval_s=0.01, max_buffer_rows=500,
+            Sink(delay_s=10),
+            DriftSection(batch_rows=100, flush_interval_s=0.01, max_buffer_rows=500),
             send_timeout_s=0.3,
         )  # fmt: skip
         for i in range(30):

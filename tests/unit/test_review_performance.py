@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from shipyard.config.serving import PerformanceSection, ReviewSection
 from shipyard.demo import datagen
 from shipyard.errors import DataValidationError
 from shipyard.monitoring.performance import PerformanceMonitor, auc_standard_error
@@ -22,12 +23,14 @@ def test_auc_standard_error_matches_hanley_mcneil() -> None:
 
 def test_a_small_drop_or_a_small_sample_is_not_drift() -> None:
     rng = np.random.default_rng(1)
-    mon = PerformanceMonitor("binary", {"auc": 0.75}, window=1000, min_outcomes=200)
+    mon = PerformanceMonitor(
+        "binary", {"auc": 0.75}, PerformanceSection(window=1000, min_outcomes=200)
+    )
     events = []
     for _ in range(150):  # below min_outcomes: not judged, however bad
         events += mon.add(float(rng.random()), float(rng.random() < 0.3), 0.0)
     assert not mon.judge()["judged"] and events == []
-    mon = PerformanceMonitor("binary", {"auc": 0.75}, max_drop=0.05)
+    mon = PerformanceMonitor("binary", {"auc": 0.75}, PerformanceSection(max_drop=0.05))
     y = (rng.random(1000) < 0.3).astype(float)
     p = 1 / (1 + np.exp(-(0.82 * y + rng.normal(0, 1, 1000))))  # binormal, AUC ~0.72
     for a, b in zip(p, y, strict=True):
@@ -38,7 +41,7 @@ def test_a_small_drop_or_a_small_sample_is_not_drift() -> None:
 
 def test_regression_rmse_drift() -> None:
     rng = np.random.default_rng(2)
-    mon = PerformanceMonitor("regression", {"rmse": 1.0}, min_outcomes=100)
+    mon = PerformanceMonitor("regression", {"rmse": 1.0}, PerformanceSection(min_outcomes=100))
     for _ in range(300):
         mon.add(0.0, float(rng.normal(0, 1.0)), 0.0)
     assert mon.judge()["judged"] and not mon.judge()["drifted"]
@@ -58,7 +61,7 @@ def test_export_appends_labelled_rows_shaped_like_the_training_data(tmp_path: Pa
     features = train.drop(columns=["churned", "ts", "customer_id"])
     feed = {str(k): features[k].to_numpy().reshape(-1, 1) for k in features}
     queue = tmp_path / "review" / "v1.csv"
-    sampler = ReviewSampler(queue, band=0.5, sample_rate=1.0, seed=0)
+    sampler = ReviewSampler(queue, ReviewSection(band=0.5, sample_rate=1.0), seed=0)
     assert sampler.offer(feed, np.full(len(features), 0.5), "control", 1) == 200
     rows = pd.read_csv(queue, dtype=str, keep_default_na=False)
     rows.loc[:9, "label"] = ["1", "0"] * 5  # a person labels ten rows
@@ -82,7 +85,7 @@ def test_a_bad_label_is_refused_and_nothing_moves(tmp_path: Path) -> None:
     train.to_parquet(like, index=False)
     features = train.drop(columns=["churned", "ts", "customer_id"])
     queue = tmp_path / "v1.csv"
-    ReviewSampler(queue, band=0.5, sample_rate=1.0).offer(
+    ReviewSampler(queue, ReviewSection(band=0.5, sample_rate=1.0)).offer(
         {str(k): features[k].to_numpy().reshape(-1, 1) for k in features}, np.full(50, 0.5), "c", 1
     )
     rows = pd.read_csv(queue, dtype=str, keep_default_na=False)
@@ -101,7 +104,7 @@ def test_review_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     train.to_parquet(like, index=False)
     features = train.drop(columns=["churned", "ts", "customer_id"])
     queue = tmp_path / "v1.csv"
-    sampler = ReviewSampler(queue, band=0.5, sample_rate=1.0)
+    sampler = ReviewSampler(queue, ReviewSection(band=0.5, sample_rate=1.0))
     sampler.offer({str(k): features[k].to_numpy().reshape(-1, 1) for k in features},
                   np.full(30, 0.5), "c", 1)  # fmt: skip
     rows = pd.read_csv(queue, dtype=str, keep_default_na=False)

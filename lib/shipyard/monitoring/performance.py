@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from shipyard.config.serving import PerformanceSection
+
 
 def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
     """Hanley & McNeil (1982) standard error of an AUC."""
@@ -33,16 +35,18 @@ class PerformanceMonitor:
         self,
         task: str,
         reference: dict[str, float],
-        window: int = 1000,
-        min_outcomes: int = 200,
-        max_drop: float = 0.05,
-        alpha: float = 0.01,
+        settings: PerformanceSection | None = None,
     ) -> None:
+        """`settings`: the serving config's `performance` section (its defaults when None)."""
+        settings = settings or PerformanceSection()
         self.task = task
         self.metric = {"binary": "auc", "regression": "rmse"}.get(task)
         self.reference = reference.get(self.metric) if self.metric else None
-        self.pairs: collections.deque[tuple[float, float]] = collections.deque(maxlen=window)
-        self.min_outcomes, self.max_drop, self.alpha = min_outcomes, max_drop, alpha
+        self.pairs: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=settings.window
+        )
+        self.min_outcomes, self.max_drop = settings.min_outcomes, settings.max_drop
+        self.alpha = settings.alpha
         self.total = 0
         self.drifted = False
         self.since: float | None = None

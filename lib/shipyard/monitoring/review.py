@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shipyard.config.serving import ReviewSection
 from shipyard.errors import DataValidationError
 
 META = ["review_id", "ts", "variant", "model_version", "score"]
@@ -57,15 +58,13 @@ class ReviewSampler:
     """Picks a binary model's near-threshold predictions and appends them to its queue."""
 
     def __init__(
-        self,
-        path: Path,
-        band: float = 0.05,
-        sample_rate: float = 0.05,
-        max_rows: int = 10_000,
-        seed: int | None = None,
+        self, path: Path, settings: ReviewSection | None = None, seed: int | None = None
     ) -> None:
+        """`settings`: the serving config's `review` section (its defaults when None)."""
+        settings = settings or ReviewSection()
         self.path = path
-        self.band, self.sample_rate, self.max_rows = band, sample_rate, max_rows
+        self.band, self.sample_rate = settings.band, settings.sample_rate
+        self.max_rows = settings.max_rows
         self.rng = np.random.default_rng(seed)
         self.pending = unlabelled_rows(path)  # re-read when the cap is reached (export drains)
         self.queued = 0
