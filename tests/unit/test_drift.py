@@ -18,14 +18,13 @@ from shipyard.monitoring.drift import (
     DriftMonitor,
     Reference,
     WindowCounts,
-    benjamini_hochberg,
     chi2_homogeneity,
-    holm,
     js_distance,
     pool_sparse_bins,
     proportion_increase_p,
     psi,
 )
+from shipyard.multiplicity import benjamini_hochberg, holm
 
 NUMERIC = [c for c in datagen.NUMERIC]
 CATEGORICAL = list(datagen.CATEGORICAL)
