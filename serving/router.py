@@ -12,49 +12,39 @@ it is a plain class that tests drive over HTTP without Ray.
 
 import asyncio
 import hashlib
-import hmac
 import logging
-import os
 import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Header
+from fastapi.responses import JSONResponse
 from ray import serve
 
+from serving.admin import Admin
+from serving.auth import Auth
+from serving.calls import awaited
 from serving.edge import (
-    ADMIN_ERRORS,
-    DATA_ERRORS,
-    BodyGuard,
-    Decision,
-    ExplainResponse,
     FeedbackRequest,
-    FeedbackResponse,
     PredictRequest,
-    PredictResponse,
-    TrafficState,
-    install_error_handlers,
     status_of,
 )
+from serving.metrics import RouterMetrics
+from serving.monitor_routes import MonitorRoutes
+from serving.pool import VariantPool
 from serving.records import RecordBuffer
+from serving.routes import build_api
 from serving.settings import AppSettings
 from serving.shadow import ShadowMirror
+from serving.store_client import StoreClient
 from shipyard.ab.routing import Allocation, shadow_hit
-from shipyard.config.serving import TrafficUpdate
 from shipyard.errors import (
-    Forbidden,
     InvalidField,
     InvalidInput,
-    NotFound,
     NotLoaded,
     PayloadTooLarge,
     ShipyardError,
-    StorageError,
-    Unauthorized,
     Unavailable,
-    UpstreamTimeout,
 )
 from shipyard.monitoring.capture import Capture
 from shipyard.storage import StateDir
@@ -63,14 +53,6 @@ logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
 HEALTH_INTERVAL_S = 5.0  # how often the router asks each variant whether it has loaded
-# Calls that write: a registry alias, or the journal on an object store (tens of ms a put, more
-# under load). They get limits.timeout_s, not the probe's; a store known to be away still
-# answers 503 at once (store_away, set by the probe).
-SLOW_STORE_CALLS = {"set_traffic", "promote", "rollback", "ingest", "feedback"}
-bearer = HTTPBearer(auto_error=False, description="The admin token (admin_token_env).")
-api_key = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="An API key (api_keys_env), when set."
-)
 KeyHeader = Annotated[
     str | None,
     Header(min_length=1, max_length=256, description="The randomisation key, as a header."),
@@ -83,10 +65,6 @@ VariantHeader = Annotated[
 def _key_hash(key: str) -> str:
     """Keys are user identifiers: statistics and logs keep a hash, never the key."""
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
-
-
-async def _awaitable(response: Any) -> Any:
-    return await response
 
 
 def _replica_counts() -> dict[str, int]:
@@ -110,19 +88,7 @@ def _health_error(info: Any) -> str | None:
     return None if error is None else str(error)
 
 
-class _NoMetric:
-    def inc(self, *args: Any, **kwargs: Any) -> None: ...
-    def observe(self, *args: Any, **kwargs: Any) -> None: ...
-    def set(self, *args: Any, **kwargs: Any) -> None: ...
-
-
 class Router:
-    # Serve's metric classes, or no-op stand-ins outside Ray (unit tests).
-    m_requests: Any
-    m_latency: Any
-    m_shadow: Any
-    m_weight: Any
-
     def __init__(
         self,
         app: AppSettings,
@@ -134,68 +100,30 @@ class Router:
         self.settings = app
         self.cfg = app.config
         self.versions = app.versions
-        self.models = models
-        self.store = store
+        self.pool = VariantPool(models, self.cfg.limits)
+        self.store = StoreClient(store, self.cfg.limits)
         self.drifts = drifts or {}
-        self.retrain = retrain
+        self.admin = Admin(self.store, self._apply, retrain)
+        self.monitor = MonitorRoutes(self.cfg, self.drifts, retrain)
         self.snapshot: dict[str, Any] = {"config_version": -1}
         self.allocation: Allocation | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
-        self._token = os.environ.get(self.cfg.admin_token_env) or None
-        keys = os.environ.get(self.cfg.api_keys_env, "")
-        self._api_keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
-        self.down: dict[str, str] = {}  # variant -> why it cannot serve (its bundle did not load)
-        self.store_away: str | None = None  # why the experiment store cannot answer now
-        self._init_metrics()
-        self.records = RecordBuffer(lambda rows: self._store("ingest", rows), self._refresh)
+        self.auth = Auth(self.cfg)
+        self.metrics = RouterMetrics()
+        self.records = RecordBuffer(self.store.ingest, self._refresh)
         self.capture = (
             Capture(StateDir(app.state_uri).child("capture"), self.cfg.model, self.cfg.capture)
             if self.cfg.capture.enabled else None
         )  # fmt: skip
         self.shadows = ShadowMirror(
-            lambda name, instances: self._call(name, "predict", instances),
+            self.pool.predict,
             self.records.add,
-            lambda name, outcome: self.m_shadow.inc(
+            lambda name, outcome: self.metrics.shadow.inc(
                 tags={"model": self.cfg.model, "variant": name, "outcome": outcome}
             ),
             list(self.versions),
             on_answer=self._capture_shadow,
-        )
-
-    def _init_metrics(self) -> None:
-        import ray
-
-        if not ray.is_initialized():  # a plain object (unit tests): metrics go nowhere
-            self.m_requests = self.m_latency = self.m_shadow = self.m_weight = _NoMetric()
-            return
-        from ray.serve import metrics
-
-        # Ray types tag_keys as tuple[str]; any tuple of names is accepted.
-        deployment_tags: Any = ("model", "variant")
-        status_tags: Any = ("model", "variant", "status")
-        shadow_tags: Any = ("model", "variant", "outcome")
-
-        self.m_requests = metrics.Counter(
-            "shipyard_requests",
-            description="Predict requests by variant and HTTP status.",
-            tag_keys=status_tags,
-        )
-        self.m_latency = metrics.Histogram(
-            "shipyard_request_latency_ms",
-            description="Predict latency at the router, by variant (ms).",
-            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000],
-            tag_keys=deployment_tags,
-        )
-        self.m_shadow = metrics.Counter(
-            "shipyard_shadow_requests",
-            description="Mirrored requests by shadow variant and outcome.",
-            tag_keys=shadow_tags,
-        )
-        self.m_weight = metrics.Gauge(
-            "shipyard_variant_weight",
-            description="Live traffic share of each variant (0-1).",
-            tag_keys=deployment_tags,
         )
 
     # --- the HTTP app ---------------------------------------------------------------------------
@@ -203,148 +131,16 @@ class Router:
         return self.build_app()
 
     def build_app(self) -> Any:
-        api = FastAPI(
-            title="Shipyard",
-            description="Several model versions behind one endpoint: weighted A/B traffic, "
-            "sticky keys, shadows, guardrails, drift.",
-            version="1",
-        )
-        install_error_handlers(
-            api,
-            {"/predict": PredictRequest, "/explain": PredictRequest, "/feedback": FeedbackRequest,
-             "/variants": TrafficUpdate, "/retrain/{request_id}/{action}": Decision},
-        )  # fmt: skip
-        api.add_middleware(BodyGuard, max_bytes=self.cfg.limits.max_body_bytes)
-        admin = [Depends(self.require_admin)]
-        data = [Depends(self.require_api_key)]
-        add = api.add_api_route
-        add(
-            "/predict",
-            self.predict,
-            methods=["POST"],
-            response_model=PredictResponse,
-            responses=DATA_ERRORS,
-            dependencies=data,
-            summary="Predict with the variant the key is routed to",
-        )
-        add(
-            "/explain",
-            self.explain,
-            methods=["POST"],
-            response_model=ExplainResponse,
-            responses=DATA_ERRORS,
-            dependencies=data,
-            summary="Per-feature contributions for one record",
-        )
-        add(
-            "/feedback",
-            self.feedback,
-            methods=["POST"],
-            response_model=FeedbackResponse,
-            responses=DATA_ERRORS,
-            dependencies=data,
-            summary="The outcome of an earlier prediction (A/B statistics)",
-        )
-        add("/ab", self.ab, methods=["GET"], dependencies=data, summary="The A/B report")
-        add(
-            "/variants",
-            self.variants,
-            methods=["GET"],
-            dependencies=data,
-            summary="Live variants and weights",
-        )
-        add(
-            "/variants",
-            self.put_variants,
-            methods=["PUT"],
-            response_model=TrafficState,
-            responses=ADMIN_ERRORS,
-            dependencies=admin,
-            summary="Change weights (admin)",
-        )
-        add(
-            "/variants/{name}/promote",
-            self.promote,
-            methods=["POST"],
-            response_model=TrafficState,
-            responses=ADMIN_ERRORS,
-            dependencies=admin,
-            summary="Make a variant the control with all live traffic (admin)",
-        )
-        add(
-            "/variants/{name}/rollback",
-            self.rollback,
-            methods=["POST"],
-            response_model=TrafficState,
-            responses=ADMIN_ERRORS,
-            dependencies=admin,
-            summary="Take a variant's live traffic away (admin)",
-        )
-        add(
-            "/drift",
-            self.drift,
-            methods=["GET"],
-            dependencies=data,
-            summary="Drift verdicts per variant",
-        )
-        add(
-            "/drift/{variant}/report",
-            self.drift_report,
-            methods=["GET"],
-            response_class=HTMLResponse,
-            responses=DATA_ERRORS,
-            dependencies=data,
-            summary="Drift histograms (HTML)",
-        )
-        add(
-            "/retrain",
-            self.retrain_requests,
-            methods=["GET"],
-            dependencies=data,
-            summary="Retraining requests",
-        )
-        add(
-            "/retrain/{request_id}/{action}",
-            self.retrain_decide,
-            methods=["POST"],
-            responses=ADMIN_ERRORS,
-            dependencies=admin,
-            summary="Approve or reject a retrained version (admin)",
-        )
-        add("/healthz", self.healthz, methods=["GET"], summary="Ready to route")
-        return api  # fmt: skip
-
-    async def require_admin(
-        self, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-    ) -> None:
-        """Admin routes: off unless the token env is set; then a Bearer token must match."""
-        if self._token is None:
-            raise NotFound(
-                f"admin routes are off: set {self.cfg.admin_token_env} on the serving nodes"
-            )
-        if creds is None or creds.scheme.lower() != "bearer":
-            raise Unauthorized("admin route: send 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(creds.credentials.encode(), self._token.encode()):
-            raise Forbidden("admin route: wrong token")
-
-    async def require_api_key(self, key: Annotated[str | None, Depends(api_key)]) -> None:
-        """Data routes: open unless API keys are set; then X-API-Key must be one of them."""
-        if not self._api_keys:
-            return
-        if not key:
-            raise Unauthorized(f"send an API key as the X-API-Key header ({self.cfg.api_keys_env})")
-        given = key.encode()
-        if not any([hmac.compare_digest(given, k) for k in self._api_keys]):  # no early exit
-            raise Forbidden("X-API-Key: not a valid API key")
+        return build_api(self, self.admin, self.monitor, self.auth, self.cfg.limits.max_body_bytes)
 
     # --- configuration --------------------------------------------------------------------------
     async def reconfigure(self, traffic: dict[str, Any]) -> None:
         """user_config from `serve deploy`: applied by the store only if it changed since."""
         try:
-            await self.store.apply_deploy.remote(traffic)
+            await self.store.apply_deploy(traffic)
         except ShipyardError as err:
             raise ValueError(f"user_config rejected: {getattr(err, 'message', err)}") from None
-        self._apply(await self.store.snapshot.remote())
+        self._apply(await self.store.snapshot())
         if not self._tasks:
             if self.capture is not None:
                 self.capture.start()
@@ -371,10 +167,10 @@ class Router:
         self.allocation = Allocation.from_json(snapshot["allocation"])
         self.snapshot = snapshot
         for name, share in self.allocation.shares().items():
-            self.m_weight.set(share, tags={"model": self.cfg.model, "variant": name})
+            self.metrics.weight.set(share, tags={"model": self.cfg.model, "variant": name})
 
     async def _refresh(self) -> None:
-        self._apply(await self.store.snapshot.remote())
+        self._apply(await self.store.snapshot())
 
     async def _poll_loop(self) -> None:
         while True:
@@ -382,34 +178,11 @@ class Router:
             await self.check_store()
 
     async def check_store(self) -> None:
-        """Ask the store for its config version (and fetch the table if it changed). One that
-        does not answer within limits.probe_timeout_s is marked away: routes that need it answer
-        503 at once until it answers again, and routing goes on from the local table."""
-        try:
-            response = self.store.config_version.remote()
-            version = await self._within(response, self.cfg.limits.probe_timeout_s, "store")
-            if version != self.snapshot.get("config_version"):
-                await self._refresh()
-        except Exception as err:  # the store restarts by itself; keep routing meanwhile
-            if self.store_away is None:
-                logger.warning("experiment store unreachable: %s", err)
-            self.store_away = "not answering (restarting?)"
-            return
-        if self.store_away is not None:
-            logger.warning("experiment store is back")
-        self.store_away = None
-
-    @staticmethod
-    async def _within(
-        response: Any, timeout_s: float, what: str, late: type[ShipyardError] = Unavailable
-    ) -> Any:
-        """Await a handle's response for at most `timeout_s`; past it the call is cancelled (a
-        call still queued for a replica that is being replaced never runs) and `late` raised."""
-        try:
-            return await asyncio.wait_for(_awaitable(response), timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()
-            raise late(f"the {what} did not answer within {timeout_s:g} s") from None
+        """The store's probe (`StoreClient.check`): a changed table is applied; a store that does
+        not answer is marked away and routing goes on from the local table."""
+        changed = await self.store.check(self.snapshot.get("config_version"))
+        if changed is not None:
+            self._apply(changed)
 
     async def _health_loop(self) -> None:
         while True:
@@ -417,26 +190,13 @@ class Router:
             await asyncio.sleep(HEALTH_INTERVAL_S)
 
     async def check_health(self) -> None:
-        """Ask every variant whether it has loaded its bundle: one that says no is taken out of
-        routing (with its reason) until it says yes. One that does not answer in time keeps its
-        place: Serve restarts dead replicas, and a busy one is not a broken one."""
-        names = list(self.versions)
-        probe = self.cfg.limits.probe_timeout_s
-        answers = await asyncio.gather(
-            *[self._within(self.models[n].info.remote(), probe, "variant") for n in names],
-            return_exceptions=True,
-        )
-        for name, info in zip(names, answers, strict=True):
-            if isinstance(info, BaseException):
-                continue
-            if self.capture is not None and info.get("feature_kinds"):
-                self.capture.set_features(info["feature_kinds"])
-            if info.get("loaded", True):
-                if self.down.pop(name, None) is not None:
-                    logger.warning("variant %s loaded: back in routing", name)
-            elif name not in self.down:
-                self.down[name] = f"variant {name!r} has not loaded: {info.get('error')}"
-                logger.warning("%s: out of routing", self.down[name])
+        """Variants that say they have not loaded go out of routing (`VariantPool`); capture
+        learns the features from their answers."""
+        await self.pool.check_health(list(self.versions), self._saw_variant)
+
+    def _saw_variant(self, info: dict[str, Any]) -> None:
+        if self.capture is not None and info.get("feature_kinds"):
+            self.capture.set_features(info["feature_kinds"])
 
     # --- helpers --------------------------------------------------------------------------------
     def _route(self, key: str | None, explicit: str | None) -> tuple[str, bool]:
@@ -459,61 +219,6 @@ class Router:
                 f"{len(instances)} instances in one request; limits.max_instances={limit}"
             )
         return instances
-
-    async def _call(self, variant: str, method: str, arg: Any) -> Any:
-        """Call a variant; a timeout is UpstreamTimeout, a failure the variant caused is
-        Unavailable, and the variant's own typed errors (a record it refused) pass through."""
-        response = getattr(self.models[variant], method).remote(arg)
-        try:
-            what = f"model of variant {variant!r}"
-            return await self._within(response, self.cfg.limits.timeout_s, what, UpstreamTimeout)
-        except ShipyardError:
-            raise
-        except Exception as err:
-            logger.warning("variant %s failed: %s", variant, err)
-            raise Unavailable(f"variant {variant!r}: model failed") from None
-
-    async def _store(self, method: str, *args: Any) -> Any:
-        """Call the experiment store; away or unreachable is a 503 for this request (at once
-        while it is known to be away), never a 500 and never a long wait. Reads (report,
-        snapshot) get limits.probe_timeout_s; writes (SLOW_STORE_CALLS: the journal, registry
-        aliases) get limits.timeout_s."""
-        if self.store_away is not None:
-            raise Unavailable(f"experiment store unavailable ({self.store_away}); retry shortly")
-        limits = self.cfg.limits
-        timeout_s = limits.timeout_s if method in SLOW_STORE_CALLS else limits.probe_timeout_s
-        try:
-            response = getattr(self.store, method).remote(*args)
-            if method not in SLOW_STORE_CALLS:
-                return await self._within(response, timeout_s, "experiment store")
-            # A write may take a while; but once the probe finds the store away (its replica
-            # died with this call queued for it), the caller is answered 503 at once.
-            call = asyncio.ensure_future(self._within(response, timeout_s, "experiment store"))
-            watch = asyncio.ensure_future(self._until_store_away())
-            done, _ = await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
-            watch.cancel()
-            if call not in done:
-                call.cancel()
-                response.cancel()
-                raise Unavailable(
-                    f"experiment store unavailable ({self.store_away}); retry shortly"
-                )
-            return call.result()
-        except StorageError:  # the store is up; storage refused a write: nothing was changed
-            raise
-        except Unavailable:
-            self.store_away = "not answering (restarting?)"
-            raise Unavailable("experiment store unavailable; retry shortly") from None
-        except ShipyardError:
-            raise
-        except Exception as err:
-            logger.warning("experiment store call %s failed: %s", method, err)
-            self.store_away = "call failed (restarting?)"
-            raise Unavailable("experiment store unavailable; retry shortly") from None
-
-    async def _until_store_away(self) -> None:
-        while self.store_away is None:
-            await asyncio.sleep(0.1)
 
     def _spawn(self, awaitable: Any) -> None:
         task = asyncio.get_running_loop().create_task(awaitable)
@@ -549,21 +254,21 @@ class Router:
                                   "n": len(instances)}  # fmt: skip
         try:
             served = variant
-            fallback = ab and variant != control and control in self.models
+            fallback = ab and variant != control and control in self.pool
             try:
-                if fallback and variant in self.down:
-                    raise NotLoaded(self.down[variant])
-                out = await self._call(variant, "predict", instances)
+                if fallback and variant in self.pool.down:
+                    raise NotLoaded(self.pool.down[variant])
+                out = await self.pool.predict(variant, instances)
             except Unavailable as err:  # NotLoaded included
                 if not fallback:
                     self._count(record, status_of(err), t0)
                     raise self._tag(err, variant, rid) from None
                 if isinstance(err, NotLoaded):
-                    self.down[variant] = err.message
+                    self.pool.down[variant] = err.message
                     record["rerouted"] = True
                 served = str(control)
                 try:
-                    out = await self._call(served, "predict", instances)
+                    out = await self.pool.predict(served, instances)
                 except ShipyardError as again:
                     record["blame"] = "input"  # control failed on the same records
                     self._count(record, status_of(again), t0)
@@ -624,9 +329,9 @@ class Router:
         latency_ms = (time.perf_counter() - t0) * 1e3
         self.records.add(**record, status=status, latency_ms=latency_ms, **fields)
         tags = {"model": self.cfg.model, "variant": record["variant"]}
-        self.m_requests.inc(tags={**tags, "status": str(status)})
+        self.metrics.requests.inc(tags={**tags, "status": str(status)})
         if status == 200:
-            self.m_latency.observe(latency_ms, tags=tags)
+            self.metrics.latency.observe(latency_ms, tags=tags)
 
     @staticmethod
     def _tag(err: ShipyardError, variant: str, rid: str) -> ShipyardError:
@@ -644,9 +349,9 @@ class Router:
             raise InvalidField(f"instances: explain takes one record, got {len(instances)}")
         key = str(body.key) if body.key is not None else x_shipyard_key
         variant, ab = self._route(key, x_shipyard_variant)
-        if ab and variant in self.down and self.snapshot.get("control") in self.models:
+        if ab and variant in self.pool.down and self.snapshot.get("control") in self.pool:
             variant = str(self.snapshot["control"])  # out of routing: control explains its keys
-        out = await self._call(variant, "explain", instances[0])
+        out = await self.pool.explain(variant, instances[0])
         return JSONResponse(
             {**out, "variant": variant, "model_version": str(self.versions[variant])}
         )
@@ -654,7 +359,7 @@ class Router:
     async def feedback(self, body: FeedbackRequest) -> JSONResponse:
         outcome = float(body.outcome)
         await self.records.flush()  # the request it refers to may still be in the buffer
-        ok = await self._store("feedback", body.request_id, outcome)
+        ok = await self.store.feedback(body.request_id, outcome)
         if self.capture is not None:
             self.capture.add_feedback(body.request_id, outcome, ok["joined"], ok.get("variant"))
         if ok["joined"] and self.cfg.performance.outcome_is_label and ok["variant"] in self.drifts:
@@ -665,11 +370,11 @@ class Router:
         """Performance drift: the labelled prediction goes to the variant's drift actor, off the
         request path (a slow or dead actor loses the pair, never the /feedback answer)."""
         if prediction is not None:
-            self._spawn(_awaitable(self.drifts[variant].outcome.remote(float(prediction), outcome)))
+            self._spawn(awaited(self.drifts[variant].outcome.remote(float(prediction), outcome)))
 
     async def ab(self) -> JSONResponse:
         await self.records.flush()
-        report = await self._store("report")
+        report = await self.store.report()
         report["router"] = {
             "dropped_records": self.records.dropped,
             "capture": self.capture.stats() if self.capture is not None else {"enabled": False},
@@ -681,11 +386,7 @@ class Router:
         if self.allocation is None:
             raise Unavailable("the router has no traffic table yet; retry shortly")
         shares = self.allocation.shares()
-        probe = self.cfg.limits.probe_timeout_s
-        infos = await asyncio.gather(
-            *[self._within(self.models[n].info.remote(), probe, "variant") for n in self.versions],
-            return_exceptions=True,
-        )
+        infos = await self.pool.infos(list(self.versions))
         replicas = _replica_counts()
         out = [
             {
@@ -699,7 +400,7 @@ class Router:
                 "loaded_at": None if isinstance(info, BaseException) else info["loaded_at"],
                 "healthy": not isinstance(info, BaseException) and info.get("loaded", True),
                 "error": _health_error(info),
-                "routed": name not in self.down,
+                "routed": name not in self.pool.down,
             }
             for name, info in zip(self.versions, infos, strict=True)
         ]
@@ -712,85 +413,6 @@ class Router:
                 "variants": out,
             }
         )
-
-    async def put_variants(self, body: TrafficUpdate) -> JSONResponse:
-        return self._traffic(await self._store("set_traffic", body.model_dump(), "PUT /variants"))
-
-    async def promote(self, name: str) -> JSONResponse:
-        return self._traffic(await self._store("promote", name, "admin"))
-
-    async def rollback(self, name: str) -> JSONResponse:
-        reason = "rolled back by an operator"
-        return self._traffic(await self._store("rollback", name, reason, "admin"))
-
-    def _traffic(self, snapshot: dict[str, Any]) -> JSONResponse:
-        self._apply(snapshot)
-        return JSONResponse(
-            {k: snapshot[k] for k in ("config_version", "weights", "shadow", "control")}
-        )
-
-    async def drift(self) -> JSONResponse:
-        """Per variant: the last closed window's verdict per feature (score, p-value, drifted,
-        window size, since when) and an overall `drifted`."""
-        if not self.drifts:
-            raise NotFound("drift actors are off (drift.enabled: false)")
-        names = list(self.drifts)
-        probe = self.cfg.limits.probe_timeout_s
-        answers = await asyncio.gather(
-            *[self._within(self.drifts[n].status.remote(), probe, "drift actor") for n in names],
-            return_exceptions=True,
-        )
-        out: dict[str, Any] = {}
-        for name, answer in zip(names, answers, strict=True):
-            if isinstance(answer, BaseException):
-                logger.warning("drift actor of %s unavailable: %s", name, answer)
-                out[name] = {"available": False, "error": "drift actor unavailable (restarting?)"}
-            else:
-                out[name] = {"available": True, **answer}
-        return JSONResponse({"model": self.cfg.model, "variants": out})
-
-    async def drift_report(self, variant: str) -> HTMLResponse:
-        """HTML: reference vs current histograms of the variant's drifted features."""
-        from shipyard.monitoring.report import render_html
-
-        if variant not in self.drifts:
-            raise NotFound(
-                f"no drift actor for variant {variant!r}; variants: {sorted(self.drifts)}"
-            )
-        try:
-            response = self.drifts[variant].report_data.remote()
-            data = await self._within(response, self.cfg.limits.timeout_s, "drift actor")
-        except Exception as err:
-            logger.warning("drift report of %s unavailable: %s", variant, err)
-            raise Unavailable(f"drift actor of {variant!r} unavailable; retry shortly") from None
-        return HTMLResponse(render_html(data))
-
-    async def retrain_requests(self) -> JSONResponse:
-        """Retraining requests (newest first) and the policy they follow."""
-        if self.retrain is None:
-            return JSONResponse({"model": self.cfg.model, "on_drift": "alert", "requests": []})
-        probe = self.cfg.limits.probe_timeout_s
-        return JSONResponse(await self._within(self.retrain.report.remote(), probe, "retrainer"))
-
-    async def retrain_decide(
-        self, request_id: str, action: str, body: Decision | None = None
-    ) -> JSONResponse:
-        """A person's decision on a retrained version: approve (it joins live traffic as a
-        canary) or reject. Admin route."""
-        if action not in ("approve", "reject"):
-            raise NotFound(f"unknown action {action!r}; accepted: approve, reject")
-        if self.retrain is None:
-            raise NotFound("retraining is off (on_drift: alert)")
-        decision = body or Decision()
-        if action == "approve":
-            answer = await _awaitable(self.retrain.approve.remote(request_id, decision.by))
-        else:
-            if not decision.reason:
-                raise InvalidField("reason: say why the version is rejected")
-            answer = await _awaitable(
-                self.retrain.reject.remote(request_id, decision.by, decision.reason)
-            )
-        return JSONResponse(answer)
 
     async def healthz(self) -> dict[str, Any]:
         return {"ok": self.allocation is not None, "model": self.cfg.model}

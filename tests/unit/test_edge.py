@@ -329,7 +329,7 @@ def test_a_failure_counts_against_the_treatment_only_if_control_answers(
     # Guardrails judge at 60 treatment requests, the last one sent: the rollback cannot come
     # while the loop below still expects the treatment's keys to reach it.
     app = App(tmp_path, bundle, guardrails={"min_requests": 60})
-    app.router.models["treatment"] = Handle(Fragile(app.variants["treatment"]))
+    app.router.pool.handles["treatment"] = Handle(Fragile(app.variants["treatment"]))
     with app.client() as client:
         for key in _keys_of(app, "control", 60):
             assert client.post("/predict", json={"instance": row, "key": key}).status_code == 200
@@ -349,7 +349,7 @@ def test_an_input_that_fails_every_variant_counts_against_none(
     app: App, row: dict[str, Any]
 ) -> None:
     for name in ("control", "treatment"):
-        app.router.models[name] = Handle(Fragile(app.variants[name]))
+        app.router.pool.handles[name] = Handle(Fragile(app.variants[name]))
     with app.client() as client:
         for key in _keys_of(app, "treatment", 250) + _keys_of(app, "control", 250):
             r = client.post("/predict", json={"instance": {**row, "age": 13}, "key": key})
@@ -573,11 +573,11 @@ def test_while_the_store_is_away_its_routes_answer_503_at_once_and_routing_goes_
     away = Away(app.store)
     with app.client() as client:
         assert client.portal is not None
-        app.router.store = Handle(away)
+        app.router.store.handle = Handle(away)
         # Not yet known to be away: the call waits limits.timeout_s, answers 503, and marks it.
         first = client.get("/ab")
         assert first.status_code == 503 and first.headers["Retry-After"] == "5"
-        assert app.router.store_away is not None
+        assert app.router.store.away is not None
         # Known to be away: 503 without waiting (the wait would be 0.5 s per call).
         started = time.monotonic()
         answers = [client.get("/ab") for _ in range(5)]
@@ -593,7 +593,7 @@ def test_while_the_store_is_away_its_routes_answer_503_at_once_and_routing_goes_
         assert all(r.status_code == 200 for r in served)  # routing goes on from the local table
         away.away = False
         client.portal.call(app.router.check_store)
-        assert app.router.store_away is None
+        assert app.router.store.away is None
         report = client.get("/ab").json()  # the requests answered meanwhile were kept
     assert sum(v["requests"] for v in report["variants"].values()) == 20
 
@@ -661,7 +661,7 @@ def test_a_write_waiting_for_a_store_that_went_away_is_released_by_the_probe(
     app = App(tmp_path, bundle, limits={"probe_timeout_s": 0.2, "timeout_s": 8.0})
     away = Away(app.store)
     with app.client() as client:
-        app.router.store = Handle(away)  # the replica dies: calls hang, the probe times out
+        app.router.store.handle = Handle(away)  # the replica dies: calls hang, the probe times out
         started = time.monotonic()
         r = client.post("/feedback", json={"request_id": "f1", "outcome": 1})
         waited = time.monotonic() - started

@@ -1,0 +1,80 @@
+"""The variants as the router calls them: one typed method per call, each with its deadline,
+and which variants are out of routing because their bundle did not load.
+
+A variant's timeout is an UpstreamTimeout (504); a failure the variant caused is Unavailable
+(503); the variant's own typed errors (a record it refused) pass through. The health check asks
+every variant whether it has loaded: one that says no is out of routing (with its reason) until
+it says yes; one that does not answer in time keeps its place (Serve restarts dead replicas, and
+a busy one is not a broken one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from serving.calls import within
+from shipyard.config.serving import Limits
+from shipyard.errors import ShipyardError, Unavailable, UpstreamTimeout
+
+logger = logging.getLogger(__name__)
+
+
+class VariantPool:
+    def __init__(self, handles: dict[str, Any], limits: Limits) -> None:
+        self.handles = handles  # variant name -> its deployment handle
+        self.limits = limits
+        self.down: dict[str, str] = {}  # variant -> why it cannot serve (its bundle did not load)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.handles
+
+    async def predict(self, variant: str, instances: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = await self._call(
+            variant, lambda: self.handles[variant].predict.remote(instances)
+        )
+        return out
+
+    async def explain(self, variant: str, record: Any) -> dict[str, Any]:
+        out: dict[str, Any] = await self._call(
+            variant, lambda: self.handles[variant].explain.remote(record)
+        )
+        return out
+
+    async def infos(self, names: list[str]) -> list[Any]:
+        """Each variant's own account of itself (loaded, error, features), or the exception
+        raised in its place when it did not answer within limits.probe_timeout_s."""
+        probe = self.limits.probe_timeout_s
+        return await asyncio.gather(
+            *[within(self.handles[n].info.remote(), probe, "variant") for n in names],
+            return_exceptions=True,
+        )
+
+    async def check_health(
+        self, names: list[str], on_info: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        """Take out of routing the variants that say they have not loaded; put back those that
+        now have. `on_info` sees every answer (the router hands capture the features)."""
+        for name, info in zip(names, await self.infos(names), strict=True):
+            if isinstance(info, BaseException):
+                continue
+            if on_info is not None:
+                on_info(info)
+            if info.get("loaded", True):
+                if self.down.pop(name, None) is not None:
+                    logger.warning("variant %s loaded: back in routing", name)
+            elif name not in self.down:
+                self.down[name] = f"variant {name!r} has not loaded: {info.get('error')}"
+                logger.warning("%s: out of routing", self.down[name])
+
+    async def _call(self, variant: str, call: Callable[[], Any]) -> Any:
+        try:
+            what = f"model of variant {variant!r}"
+            return await within(call(), self.limits.timeout_s, what, UpstreamTimeout)
+        except ShipyardError:
+            raise
+        except Exception as err:
+            logger.warning("variant %s failed: %s", variant, err)
+            raise Unavailable(f"variant {variant!r}: model failed") from None
