@@ -73,99 +73,33 @@ def build_api(
     api.add_middleware(BodyGuard, max_bytes=max_body_bytes)
     admin = [Depends(auth.require_admin)]
     data = [Depends(auth.require_api_key)]
-    add = api.add_api_route
-    add(
-        "/predict",
-        handlers.predict,
-        methods=["POST"],
-        response_model=PredictResponse,
-        responses=DATA_ERRORS,
-        dependencies=data,
-        summary="Predict with the variant the key is routed to",
-    )
-    add(
-        "/explain",
-        handlers.explain,
-        methods=["POST"],
-        response_model=ExplainResponse,
-        responses=DATA_ERRORS,
-        dependencies=data,
-        summary="Per-feature contributions for one record",
-    )
-    add(
-        "/feedback",
-        handlers.feedback,
-        methods=["POST"],
-        response_model=FeedbackResponse,
-        responses=DATA_ERRORS,
-        dependencies=data,
-        summary="The outcome of an earlier prediction (A/B statistics)",
-    )
-    add("/ab", handlers.ab, methods=["GET"], dependencies=data, summary="The A/B report")
-    add(
-        "/variants",
-        handlers.variants,
-        methods=["GET"],
-        dependencies=data,
-        summary="Live variants and weights",
-    )
-    add(
-        "/variants",
-        admin_routes.put_variants,
-        methods=["PUT"],
-        response_model=TrafficState,
-        responses=ADMIN_ERRORS,
-        dependencies=admin,
-        summary="Change weights (admin)",
-    )
-    add(
-        "/variants/{name}/promote",
-        admin_routes.promote,
-        methods=["POST"],
-        response_model=TrafficState,
-        responses=ADMIN_ERRORS,
-        dependencies=admin,
-        summary="Make a variant the control with all live traffic (admin)",
-    )
-    add(
-        "/variants/{name}/rollback",
-        admin_routes.rollback,
-        methods=["POST"],
-        response_model=TrafficState,
-        responses=ADMIN_ERRORS,
-        dependencies=admin,
-        summary="Take a variant's live traffic away (admin)",
-    )
-    add(
-        "/drift",
-        monitor.drift,
-        methods=["GET"],
-        dependencies=data,
-        summary="Drift verdicts per variant",
-    )
-    add(
-        "/drift/{variant}/report",
-        monitor.drift_report,
-        methods=["GET"],
-        response_class=HTMLResponse,
-        responses=DATA_ERRORS,
-        dependencies=data,
-        summary="Drift histograms (HTML)",
-    )
-    add(
-        "/retrain",
-        monitor.retrain_requests,
-        methods=["GET"],
-        dependencies=data,
-        summary="Retraining requests",
-    )
-    add(
-        "/retrain/{request_id}/{action}",
-        admin_routes.retrain_decide,
-        methods=["POST"],
-        responses=ADMIN_ERRORS,
-        dependencies=admin,
-        summary="Approve or reject a retrained version (admin)",
-    )
-    add("/healthz", handlers.healthz, methods=["GET"], summary="Ready to route")
-    return api  # fmt: skip
+    json_data = {"responses": DATA_ERRORS, "dependencies": data}
+    json_admin = {"response_model": TrafficState, "responses": ADMIN_ERRORS, "dependencies": admin}
+    # path, method, handler, options, summary
+    table: list[tuple[str, str, Callable[..., Any], dict[str, Any], str]] = [
+        ("/predict", "POST", handlers.predict, {**json_data, "response_model": PredictResponse},
+         "Predict with the variant the key is routed to"),
+        ("/explain", "POST", handlers.explain, {**json_data, "response_model": ExplainResponse},
+         "Per-feature contributions for one record"),
+        ("/feedback", "POST", handlers.feedback, {**json_data, "response_model": FeedbackResponse},
+         "The outcome of an earlier prediction (A/B statistics)"),
+        ("/ab", "GET", handlers.ab, {"dependencies": data}, "The A/B report"),
+        ("/variants", "GET", handlers.variants, {"dependencies": data}, "Live variants and weights"),
+        ("/variants", "PUT", admin_routes.put_variants, json_admin, "Change weights (admin)"),
+        ("/variants/{name}/promote", "POST", admin_routes.promote, json_admin,
+         "Make a variant the control with all live traffic (admin)"),
+        ("/variants/{name}/rollback", "POST", admin_routes.rollback, json_admin,
+         "Take a variant's live traffic away (admin)"),
+        ("/drift", "GET", monitor.drift, {"dependencies": data}, "Drift verdicts per variant"),
+        ("/drift/{variant}/report", "GET", monitor.drift_report,
+         {**json_data, "response_class": HTMLResponse}, "Drift histograms (HTML)"),
+        ("/retrain", "GET", monitor.retrain_requests, {"dependencies": data},
+         "Retraining requests"),
+        ("/retrain/{request_id}/{action}", "POST", admin_routes.retrain_decide,
+         {"responses": ADMIN_ERRORS, "dependencies": admin},
+         "Approve or reject a retrained version (admin)"),
+        ("/healthz", "GET", handlers.healthz, {}, "Ready to route"),
+    ]  # fmt: skip
+    for path, method, handler, options, summary in table:
+        api.add_api_route(path, handler, methods=[method], summary=summary, **options)
+    return api
