@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from shipyard.config.jobs import SearchParam, TuneSection, reference_markdown
+from shipyard.config.jobs import CurveSection, SearchParam, TuneSection, reference_markdown
 from shipyard.config.serving import ServingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,7 @@ def main() -> None:
     text = replace_block(readme.read_text(), "config-reference", reference_markdown())
     text = replace_block(text, "serving-reference", reference_markdown(ServingConfig))
     text = replace_block(text, "tune-reference", reference_markdown(TuneSection, "tune."))
+    text = replace_block(text, "curve-reference", reference_markdown(CurveSection, "curve."))
     text = replace_block(
         text, "search-param-reference", reference_markdown(SearchParam, "tune.space.NAME.")
     )

@@ -3,7 +3,7 @@
 Trains the config's model on growing, nested fractions of the training split in parallel (one Ray
 task per fraction and repeat), scores each on the same holdout, fits an inverse power law
 metric(n) = a - b·n^(-c) to the points, and reports where doubling the data is predicted to add
-less than `--min-gain` to the primary metric: past that size, more data stops paying. Writes a
+less than `curve.min_gain` to the primary metric: past that size, more data stops paying. Writes a
 plot and a JSON report under $SHIPYARD_HOME/learning_curves/ and logs both to MLflow.
 """
 
@@ -18,48 +18,61 @@ import time
 
 import ray
 
-from shipyard.config.jobs import load_tune_config
-from shipyard.contract import CURVE_RESULT_TAG, EXIT_INVALID, exit_on, result_line
+from shipyard.config.base import parse_set
+from shipyard.config.jobs import load_curve_config
+from shipyard.contract import CURVE_RESULT_TAG, exit_on, result_line
 from shipyard.errors import ConfigError, ShipyardError
 from shipyard.registry import Registry, shipyard_home
 from shipyard.training.curve import plot, run_curve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.learning_curve", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument(
+        "--config", required=True, help="a training config, with a `curve` section or not"
+    )
+    ap.add_argument("--fractions", help="override curve.fractions: comma-separated, e.g. 0.1,0.5,1")
+    ap.add_argument("--repeats", type=int, help="override curve.repeats (fits per fraction)")
+    ap.add_argument("--min-gain", type=float, help="override curve.min_gain")
+    ap.add_argument("--cpus-per-fit", type=float, help="override curve.cpus_per_fit")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any key, e.g. --set curve.repeats=3 (repeatable)",
+    )
+    ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "local")
+    return ap  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    ap = argparse.ArgumentParser(
-        prog="python -m jobs.learning_curve", description=__doc__.splitlines()[0]
-    )
-    ap.add_argument("--config", required=True, help="a training config (jobs.train's)")
-    ap.add_argument("--fractions", default="0.05,0.1,0.2,0.4,0.7,1.0",
-                    help="fractions of the training split, comma-separated")  # fmt: skip
-    ap.add_argument("--repeats", type=int, default=2, help="fits per fraction (different samples)")
-    ap.add_argument(
-        "--min-gain", type=float, default=0.002, help="a doubling worth less stops paying"
-    )
-    ap.add_argument("--cpus-per-fit", type=float, default=1.0)
-    ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or "local")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        fractions = [float(x) for x in args.fractions.split(",")]
-        if not fractions or not all(0 < f <= 1 for f in fractions):
-            raise ConfigError(f"--fractions {args.fractions!r}: each must be in (0, 1]")
-        if args.repeats < 1 or args.min_gain <= 0:
-            raise ConfigError("--repeats must be >= 1 and --min-gain > 0")
-        cfg = load_tune_config(args.config).train_config()  # a `tune` section is ignored
-    except ValueError:
-        print(
-            f"error: --fractions {args.fractions!r}: expected numbers like 0.1,0.5,1",
-            file=sys.stderr,
-        )
-        return EXIT_INVALID
+        overrides = parse_set(args.set)
+        if args.fractions is not None:
+            try:
+                overrides["curve.fractions"] = [float(x) for x in args.fractions.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"--fractions {args.fractions!r}: expected numbers like 0.1,0.5,1"
+                ) from None
+        for key, value in (("curve.repeats", args.repeats), ("curve.min_gain", args.min_gain),
+                           ("curve.cpus_per_fit", args.cpus_per_fit)):  # fmt: skip
+            if value is not None:
+                overrides[key] = value
+        job = load_curve_config(args.config, overrides)
     except ConfigError as err:
         return exit_on(err)
+    cfg, curve = job.train_config(), job.curve
     ray.init(address=args.address, log_to_driver=True)
     try:
-        report = run_curve(cfg, fractions, args.repeats, args.min_gain, args.cpus_per_fit)
+        report = run_curve(cfg, curve.fractions, curve.repeats, curve.min_gain, curve.cpus_per_fit)
     except ShipyardError as err:
         return exit_on(err)
     out = shipyard_home() / "learning_curves" / cfg.model.name

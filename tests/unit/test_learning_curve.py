@@ -54,3 +54,40 @@ def test_the_plot_is_drawn_wherever_the_fit_puts_saturation(
     }  # fmt: skip
     plot(report, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_curve_section_has_defaults_and_a_tuning_config_is_accepted() -> None:
+    from shipyard.config.jobs import TrainJobConfig, load_curve_config
+
+    demo = load_curve_config(REPO / "jobs" / "configs" / "demo.yaml")
+    assert demo.curve.fractions == [0.05, 0.1, 0.2, 0.4, 0.7, 1.0] and demo.curve.repeats == 2
+    tuned = load_curve_config(REPO / "jobs" / "configs" / "tune.yaml", {"curve.repeats": 1})
+    assert tuned.curve.repeats == 1
+    # What trains is the training config within: no curve or tune section left in it.
+    train = tuned.train_config()
+    assert type(train) is TrainJobConfig and train.model == tuned.model
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--fractions", "0.1,1.5"], "curve.fractions"),
+        (["--fractions", "0.1,half"], "--fractions"),
+        (["--repeats", "0"], "curve.repeats"),
+        (["--min-gain", "-1"], "curve.min_gain"),
+        (["--set", "curve.fractions=[]"], "curve.fractions"),
+        (["--set", "curve.unknown=1"], "curve.unknown"),
+    ],
+)
+def test_a_bad_curve_setting_exits_2_naming_it_before_ray_starts(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.learning_curve import main
+    from shipyard.contract import EXIT_INVALID
+
+    config = str(REPO / "jobs" / "configs" / "demo.yaml")
+    assert main(["--config", config, *flags, "--address", "nowhere:1"]) == EXIT_INVALID
+    assert named in capsys.readouterr().err

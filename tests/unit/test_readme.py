@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from shipyard.config.jobs import SearchParam, TrainJobConfig, TuneSection, reference_markdown
+from shipyard.config.jobs import (
+    CurveSection,
+    SearchParam,
+    TrainJobConfig,
+    TuneSection,
+    reference_markdown,
+)
 from shipyard.config.serving import ServingConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -16,6 +22,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
         ("config-reference", TrainJobConfig, ""),
         ("serving-reference", ServingConfig, ""),
         ("tune-reference", TuneSection, "tune."),
+        ("curve-reference", CurveSection, "curve."),
         ("search-param-reference", SearchParam, "tune.space.NAME."),
     ],
 )

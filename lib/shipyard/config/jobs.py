@@ -331,9 +331,47 @@ class TuneJobConfig(TrainJobConfig):
     tune: TuneSection = Field(default_factory=TuneSection)
 
     def train_config(self, params: dict[str, Any] | None = None) -> TrainJobConfig:
-        raw = self.model_dump(mode="json", exclude={"tune"})
+        """The training config within (the sections of its own left out), with `params` set."""
+        own = set(type(self).model_fields) - set(TrainJobConfig.model_fields)
+        raw = self.model_dump(mode="json", exclude=own)
         raw["train"]["params"] = {**raw["train"]["params"], **(params or {})}
         return TrainJobConfig.model_validate(raw)
+
+
+class CurveSection(Strict):
+    """`python -m jobs.learning_curve`: nested fractions of the training split, one fit each."""
+
+    fractions: list[float] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.2, 0.4, 0.7, 1.0],
+        min_length=1,
+        description="Fractions of the training split to fit on, each in (0, 1] (--fractions).",
+    )
+    repeats: PositiveInt = Field(
+        2, description="Fits per fraction, each on another sample (--repeats)."
+    )
+    min_gain: PositiveFloat = Field(
+        0.002,
+        description="A doubling of the data that adds less than this to the primary metric "
+        "stops paying (--min-gain).",
+    )
+    cpus_per_fit: PositiveFloat = Field(
+        1.0, description="CPUs reserved per fit: one Ray task each (--cpus-per-fit)."
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        outside = [f for f in v if not 0.0 < f <= 1.0]
+        if outside:
+            raise ValueError(f"each fraction must be in (0, 1]; got {outside}")
+        return v
+
+
+class CurveJobConfig(TuneJobConfig):
+    """Config of `python -m jobs.learning_curve`: a training config plus a `curve` section (a
+    `tune` section, if the file has one, is read and not used)."""
+
+    curve: CurveSection = Field(default_factory=CurveSection)
 
 
 def load_train_config(
@@ -348,6 +386,13 @@ def load_tune_config(
     path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
 ) -> TuneJobConfig:
     cfg: TuneJobConfig = load_config(path, TuneJobConfig, overrides)
+    return cfg
+
+
+def load_curve_config(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> CurveJobConfig:
+    cfg: CurveJobConfig = load_config(path, CurveJobConfig, overrides)
     return cfg
 
 
