@@ -11,6 +11,11 @@ join index from the journal, and replays the entries after it, so every acknowle
 and every answered request a router delivered is counted exactly once after any crash (routers
 deliver at least once; an id is counted once). A write that storage refuses is refused to the
 caller (StorageError, a 503) with nothing changed, so the retry is safe.
+
+Its parts: what is counted per variant and shadow is `shipyard.ab.ledger`; the guardrails'
+thresholds are `shipyard.ab.guardrails`; the A/B report and the mSPRT looks are
+`shipyard.ab.report`. This class decides when to count (ingest, de-duplication, the feedback
+join), owns the traffic table, and keeps it all durable.
 """
 
 from __future__ import annotations
@@ -21,26 +26,22 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-import numpy as np
-
-from shipyard.ab import statistics as abstats
+from shipyard.ab import guardrails
+from shipyard.ab import report as ab_report
+from shipyard.ab.ledger import ShadowStats, VariantStats, index_entry, joinable
 from shipyard.ab.routing import Allocation
-from shipyard.ab.statistics import KeyedOutcomes, Moments
 from shipyard.config.serving import ServingConfig, TrafficUpdate
 from shipyard.errors import Conflict, InvalidInput, ModelNotFound, StorageError
 from shipyard.events import EventLog
-from shipyard.multiplicity import holm
 from shipyard.storage import Journal, StateDir
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 3  # 3: a snapshot names the journal entry it covers; pending feedback kept
-LATENCY_WINDOW = 20_000
 FEEDBACK_TTL_S = 600.0
 # What a traffic change touches: copied before, put back if its snapshot cannot be written.
 _TRAFFIC_STATE = ("weights", "shadow", "control", "deploy_hash", "allocation", "epoch", "shadows",
@@ -53,110 +54,6 @@ class AliasStore(Protocol):
     def aliases(self, name: str) -> dict[str, int]: ...
     def set_alias(self, name: str, alias: str, version: int) -> None: ...
     def delete_alias(self, name: str, alias: str) -> None: ...
-
-
-class _Ring:
-    """The last `size` values (latencies), for percentiles."""
-
-    def __init__(self, size: int = LATENCY_WINDOW) -> None:
-        self.buf = np.empty(size, dtype=np.float64)
-        self.n = 0
-
-    def add(self, v: float) -> None:
-        self.buf[self.n % len(self.buf)] = v
-        self.n += 1
-
-    def values(self) -> np.ndarray:
-        return self.buf[: min(self.n, len(self.buf))]
-
-
-class VariantStats:
-    def __init__(self) -> None:
-        self.requests = 0  # served (any status), including explicitly targeted ones
-        self.errors = 0  # server-side failures (5xx)
-        self.rejected = 0  # client errors (4xx)
-        self.explicit = 0  # targeted with X-Shipyard-Variant: left out of A/B statistics
-        self.input_failures = 0  # failed here and on control: the input's doing, not counted
-        self.rerouted = 0  # the variant had not loaded: control answered its keys
-        self.predictions = Moments()
-        self.outcomes = Moments()  # joined feedback of A/B-eligible requests
-        self.keyed = KeyedOutcomes()  # the same outcomes by unit of randomisation (key)
-        self.new_epoch()
-
-    def new_epoch(self) -> None:
-        """Counters that restart whenever the split changes (SRM, guardrails, latency)."""
-        self.units = 0  # assignment units: distinct keys, or requests without a key
-        self.keys: set[str] = set()
-        self.epoch_requests = 0
-        self.epoch_errors = 0
-        self.latency = _Ring()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "rejected": self.rejected,
-            "explicit": self.explicit,
-            "input_failures": self.input_failures,
-            "rerouted": self.rerouted,
-            "predictions": self.predictions.to_json(),
-            "outcomes": self.outcomes.to_json(),
-            "keyed": self.keyed.to_json(),
-        }
-
-    def load(self, d: dict[str, Any]) -> None:
-        for k in ("requests", "errors", "rejected", "explicit", "input_failures", "rerouted"):
-            setattr(self, k, int(d.get(k, 0)))
-        self.predictions = Moments.from_json(d["predictions"])
-        self.outcomes = Moments.from_json(d["outcomes"])
-        self.keyed = KeyedOutcomes.from_json(d["keyed"])
-
-
-class ShadowStats:
-    def __init__(self) -> None:
-        self.mirrored = 0
-        self.errors = 0
-        self.dropped = 0  # not sent: too many shadow calls already in flight
-        self.agree = 0
-        self.compared = 0
-        self.abs_diff = Moments()
-        self.latency = _Ring()
-
-    def to_json(self) -> dict[str, Any]:
-        keys = ("mirrored", "errors", "dropped", "agree", "compared")
-        return {**{k: getattr(self, k) for k in keys}, "abs_diff": self.abs_diff.to_json()}
-
-    def load(self, d: dict[str, Any]) -> None:
-        for k in ("mirrored", "errors", "dropped", "agree", "compared"):
-            setattr(self, k, int(d.get(k, 0)))
-        self.abs_diff = Moments.from_json(d["abs_diff"])
-
-    def report(self) -> dict[str, Any]:
-        return {
-            "mirrored": self.mirrored,
-            "errors": self.errors,
-            "dropped": self.dropped,
-            "agreement_rate": self.agree / self.compared if self.compared else None,
-            "mean_abs_diff": self.abs_diff.mean if self.abs_diff.n else None,
-            "latency_ms": abstats.percentiles(self.latency.values()),
-        }
-
-
-def _index_entry(r: dict[str, Any]) -> dict[str, Any]:
-    """What the index keeps of an answered request (from the router, or from the request log)."""
-    return {
-        "variant": r["variant"],
-        "version": r.get("version"),
-        "pred": r.get("pred"),
-        "ab": bool(r.get("ab", True)),
-        "key": r.get("key"),
-        "ts": r.get("ts"),
-    }
-
-
-def _joinable(r: dict[str, Any]) -> bool:
-    """An answered request whose outcome can be joined: served by its own variant."""
-    return int(r.get("status", 200)) < 400 and r.get("blame") != "input" and not r.get("rerouted")
 
 
 def _weight(entry: dict[str, Any]) -> int:
@@ -418,8 +315,9 @@ class Experiment:
             if kind == "req":
                 self._ingest_request(r, count)
             elif kind == "shadow" and not ("id" in r and self._seen(r["id"])):
-                if count:
-                    self._ingest_shadow(r)
+                shadow = self.shadows.get(r["variant"])
+                if count and shadow is not None:
+                    shadow.count(r)
                 if "id" in r:
                     self._remember(r["id"])
 
@@ -429,11 +327,11 @@ class Experiment:
         if st is None or self._seen(rid):
             return
         if count:
-            self._tally(st, r)
-        if not _joinable(r):  # not joinable, but remembered for de-duplication
+            st.count(r)
+        if not joinable(r):  # not joinable, but remembered for de-duplication
             self._remember(rid)
             return
-        self.index[rid] = _index_entry({**r, "ts": r.get("ts", self.clock())})
+        self.index[rid] = index_entry({**r, "ts": r.get("ts", self.clock())})
         while len(self.index) > self.max_index:
             self.index.popitem(last=False)
         if rid in self.pending:
@@ -445,59 +343,6 @@ class Experiment:
         self._unindexed[row_id] = None
         while len(self._unindexed) > self.max_index:
             self._unindexed.popitem(last=False)
-
-    @staticmethod
-    def _tally(st: VariantStats, r: dict[str, Any]) -> None:
-        """Count one answered request in its variant's statistics."""
-        st.requests += 1
-        status = int(r.get("status", 200))
-        if 400 <= status < 500:
-            st.rejected += 1
-            return
-        if r.get("blame") == "input":  # control failed on the same records
-            st.input_failures += 1
-            return
-        ab = bool(r.get("ab", True))
-        if not ab:
-            st.explicit += 1
-        else:
-            st.epoch_requests += 1
-            if status >= 500:
-                st.errors += 1
-                st.epoch_errors += 1
-            key = r.get("key")
-            if key is None or key not in st.keys:
-                st.units += 1
-                if key is not None:
-                    st.keys.add(key)
-            # Latency guardrail: answered one-record requests only, so that large batches
-            # aimed at a treatment's keys cannot make it look slow.
-            if status < 400 and r.get("n", 1) == 1 and r.get("latency_ms") is not None:
-                st.latency.add(float(r["latency_ms"]))
-        if r.get("rerouted"):  # counted for SRM (the key was assigned here), not joinable
-            st.rerouted += 1
-            return
-        pred = r.get("pred")
-        if status < 400 and ab and pred is not None and math.isfinite(pred):
-            st.predictions.push(pred)
-
-    def _ingest_shadow(self, r: dict[str, Any]) -> None:
-        sh = self.shadows.get(r["variant"])
-        if sh is None:
-            return
-        if r.get("dropped"):
-            sh.dropped += 1
-            return
-        sh.mirrored += 1
-        if not r.get("ok", True):
-            sh.errors += 1
-            return
-        sh.latency.add(float(r["latency_ms"]))
-        if r.get("agree") is not None:
-            sh.compared += 1
-            sh.agree += int(bool(r["agree"]))
-        if r.get("abs_diff") is not None:
-            sh.abs_diff.push(float(r["abs_diff"]))
 
     # --- feedback -----------------------------------------------------------------------------
     def feedback(self, request_id: str, outcome: float) -> dict[str, Any]:
@@ -554,36 +399,8 @@ class Experiment:
         self.feedback_unmatched += len(stale)
 
     # --- statistics ---------------------------------------------------------------------------
-    def _conversion(self) -> bool:
-        return self.cfg.ab.metric == "conversion"
-
     def _look(self) -> None:
-        """One more look for every treatment: update the running min of the mSPRT p-value."""
-        ctl = self.stats[self.control].outcomes
-        ctl_keyed = self.stats[self.control].keyed
-        for name in self.weights:
-            if name == self.control:
-                continue
-            trt = self.stats[name].outcomes
-            state = self.msprt.setdefault(name, {"tau": self.cfg.ab.msprt_tau, "p": 1.0})
-            if min(ctl.n, trt.n) < max(2, self.cfg.ab.min_outcomes):
-                continue
-            # At the unit of randomisation: a key's outcomes are not independent draws.
-            var = ctl_keyed.var_of_mean + self.stats[name].keyed.var_of_mean
-            if state["tau"] is None:
-                pooled = Moments()
-                pooled.merge(ctl)
-                pooled.merge(trt)
-                sd = (
-                    math.sqrt(pooled.mean * (1 - pooled.mean))
-                    if self._conversion()
-                    else math.sqrt(pooled.var)
-                )
-                if not sd > 0:
-                    continue
-                state["tau"] = 0.1 * sd
-            p = abstats.msprt_p(trt.mean - ctl.mean, var, float(state["tau"]))  # type: ignore[arg-type]
-            state["p"] = min(float(state["p"]), p)  # type: ignore[arg-type]
+        ab_report.look(self)
 
     def check_guardrails(self) -> list[dict[str, Any]]:
         g = self.cfg.guardrails
@@ -600,141 +417,12 @@ class Experiment:
         return actions
 
     def guardrail_breach(self, name: str) -> str | None:
-        g = self.cfg.guardrails
-        ctl, trt = self.stats[self.control], self.stats[name]
-        if min(ctl.epoch_requests, trt.epoch_requests) < g.min_requests:
-            return None
-        err_c = ctl.epoch_errors / ctl.epoch_requests
-        err_t = trt.epoch_errors / trt.epoch_requests
-        if err_t - err_c > g.max_error_rate_delta:
-            return (
-                f"error rate {err_t:.2%} vs control {err_c:.2%} exceeds "
-                f"guardrails.max_error_rate_delta={g.max_error_rate_delta:.2%} (threshold on "
-                f"the observed difference, no test; over {trt.epoch_requests} treatment and "
-                f"{ctl.epoch_requests} control requests since the split last changed)"
-            )
-        lat_c, lat_t = ctl.latency.values(), trt.latency.values()
-        if min(lat_c.size, lat_t.size) >= max(g.min_requests, g.min_latency_samples):
-            p99_c = float(np.percentile(lat_c, 99))
-            p99_t = float(np.percentile(lat_t, 99))
-            if p99_t > g.max_p99_ratio * p99_c and p99_t - p99_c > g.min_p99_delta_ms:
-                return (
-                    f"p99 latency {p99_t:.1f} ms vs control {p99_c:.1f} ms exceeds "
-                    f"guardrails.max_p99_ratio={g.max_p99_ratio} "
-                    f"(and min_p99_delta_ms={g.min_p99_delta_ms}; threshold on the observed "
-                    f"p99s, no test; over the last {lat_t.size} treatment and {lat_c.size} "
-                    "control latencies)"
-                )
-        return None
+        """Why a treatment breaches its guardrails against control, or None."""
+        return guardrails.breach(self.cfg.guardrails, self.stats[self.control], self.stats[name])
 
     def report(self) -> dict[str, Any]:
-        """GET /ab: per-variant statistics, comparisons with control, SRM and a recommendation."""
-        ab = self.cfg.ab
-        variants: dict[str, Any] = {}
-        for name, st in self.stats.items():
-            o = st.outcomes
-            interval = st.keyed.interval(ab.alpha)  # nan below two units: reported as null
-            variants[name] = {
-                "model_version": self.versions[name],
-                "weight": self.weights.get(name, 0.0),
-                "shadow": self.shadow.get(name, 0.0),
-                "requests": st.requests,
-                "errors": st.errors,
-                "rejected": st.rejected,
-                "explicit": st.explicit,
-                "input_failures": st.input_failures,
-                "rerouted": st.rerouted,
-                "error_rate": st.errors
-                / max(1, st.requests - st.rejected - st.explicit - st.input_failures - st.rerouted),
-                "latency_ms": abstats.percentiles(st.latency.values()),
-                "mean_prediction": st.predictions.mean if st.predictions.n else None,
-                "outcomes": o.n,
-                "outcome_units": st.keyed.units,
-                "outcome_mean": o.mean if o.n else None,
-                "outcome_ci95": list(interval) if all(map(math.isfinite, interval)) else None,
-                "rolled_back": self.rolled_back.get(name),
-            }
-            if self.shadows[name].mirrored or self.shadows[name].dropped:
-                variants[name]["shadow_stats"] = self.shadows[name].report()
-        shares = self.allocation.shares()
-        srm = abstats.srm_test({n: s.units for n, s in self.stats.items()}, shares)
-        srm_flagged = srm["p_value"] is not None and srm["p_value"] < ab.srm_p
-        srm.update({"flagged": srm_flagged, "threshold": ab.srm_p, "epoch": self.epoch})
-        compared = [
-            name
-            for name, st in self.stats.items()
-            if name != self.control
-            and (st.outcomes.n or self.weights.get(name, 0) > 0 or name in self.rolled_back)
-        ]
-        # Several treatments are a family: Holm over their always-valid p-values.
-        raw = [self._sequential_p(n) for n in compared]
-        tested = [i for i, p in enumerate(raw) if p is not None]
-        family = holm([p for p in raw if p is not None])
-        adjusted: dict[str, float] = {compared[i]: family[j] for j, i in enumerate(tested)}
-        comparisons = {
-            name: self._compare(name, srm_flagged, adjusted.get(name), len(tested))
-            for name in compared
-        }
-        return {
-            "model": self.cfg.model,
-            "control": self.control,
-            "metric": ab.metric,
-            "alpha": ab.alpha,
-            "epoch": self.epoch,
-            "epoch_started": self.epoch_started,
-            "variants": variants,
-            "comparisons": comparisons,
-            "srm": srm,
-            "feedback_pending": len(self.pending),
-            "feedback_unmatched": self.feedback_unmatched,
-            "feedback_dropped": self.feedback_dropped,
-            "store": self.storage_report(),
-        }
-
-    def _sequential_p(self, name: str) -> float | None:
-        seq = self.msprt.get(name, {})
-        p = seq.get("p")
-        return float(p) if p is not None and seq.get("tau") is not None else None
-
-    def _compare(
-        self, name: str, srm_flagged: bool, seq_adjusted: float | None, family: int
-    ) -> dict[str, Any]:
-        ab = self.cfg.ab
-        ctl, trt = self.stats[self.control].keyed, self.stats[name].keyed
-        diff = trt.mean - ctl.mean if min(ctl.n, trt.n) else None
-        stat, p = abstats.keyed_ztest(ctl, trt)
-        test = (
-            f"z-test, delta-method variance over {ctl.units} + {trt.units} units "
-            "(keys; a request without one is its own unit)"
-        )
-        seq = self.msprt.get(name, {})
-        seq_p = self._sequential_p(name)
-        breach = self.guardrail_breach(name) if self.weights.get(name, 0) > 0 else None
-        decision, why = abstats.recommend(
-            guardrail_tripped=breach or self.rolled_back.get(name),
-            srm_flagged=srm_flagged,
-            n_control=ctl.n,
-            n_treatment=trt.n,
-            min_outcomes=ab.min_outcomes,
-            sequential_p=seq_adjusted,
-            diff=diff,
-            alpha=ab.alpha,
-            higher_is_better=ab.higher_is_better,
-        )
-        return {
-            "against": self.control,
-            "difference": diff,
-            "lift": diff / ctl.mean if diff is not None and ctl.mean else None,
-            "test": test,
-            "statistic": None if stat != stat else stat,
-            "p_value": None if p != p else p,
-            "sequential_p_value": seq_p,
-            "sequential_p_adjusted": seq_adjusted,
-            "family": {"treatments": family, "correction": "holm"},
-            "sequential_tau": seq.get("tau"),
-            "recommendation": decision,
-            "reason": why,
-        }
+        """GET /ab: per-variant statistics, comparisons with control, SRM, a recommendation."""
+        return ab_report.report(self)
 
     # --- persistence --------------------------------------------------------------------------
     def _emit(self, kind: str, **data: Any) -> None:

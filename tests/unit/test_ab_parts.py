@@ -1,0 +1,78 @@
+"""The experiment's parts on their own: what the ledger counts of a router's record, and when a
+treatment breaches its guardrails (the experiment's own tests drive them end to end)."""
+
+from typing import Any
+
+from shipyard.ab.guardrails import breach
+from shipyard.ab.ledger import ShadowStats, VariantStats, index_entry, joinable
+from shipyard.config.serving import Guardrails
+
+
+def counted(*records: dict[str, Any]) -> VariantStats:
+    st = VariantStats()
+    for r in records:
+        st.count(r)
+    return st
+
+
+def test_a_refused_or_input_failed_request_counts_only_as_such() -> None:
+    st = counted({"status": 422, "key": "a", "pred": 0.5}, {"status": 503, "blame": "input"})
+    assert (st.requests, st.rejected, st.input_failures) == (2, 1, 1)
+    assert (st.errors, st.epoch_requests, st.units, st.predictions.n) == (0, 0, 0, 0)
+
+
+def test_units_are_keys_and_latency_only_one_record_answers() -> None:
+    st = counted(
+        {"status": 200, "key": "a", "pred": 0.2, "latency_ms": 5.0, "n": 1},
+        {"status": 200, "key": "a", "pred": 0.4, "latency_ms": 7.0, "n": 50},  # a batch
+        {"status": 500, "key": "b", "latency_ms": 9.0},
+        {"status": 200, "pred": float("nan")},  # no key: its own unit; a NaN is no prediction
+        {"status": 200, "ab": False, "pred": 0.9},  # pinned to the variant: not in the A/B
+    )
+    assert (st.requests, st.epoch_requests, st.explicit) == (5, 4, 1)
+    assert (st.units, st.errors, st.epoch_errors) == (3, 1, 1)
+    assert st.latency.values().tolist() == [5.0]
+    assert st.predictions.n == 2 and abs(st.predictions.mean - 0.3) < 1e-12
+
+
+def test_a_rerouted_request_counts_for_the_split_not_for_predictions() -> None:
+    r = {"status": 200, "key": "a", "pred": 0.7, "rerouted": True}
+    st = counted(r)
+    assert (st.rerouted, st.units, st.predictions.n) == (1, 1, 0)
+    assert not joinable(r) and joinable({"status": 200}) and not joinable({"status": 404})
+    assert index_entry({"variant": "t", "key": "k", "pred": 0.1}) == {
+        "variant": "t", "version": None, "pred": 0.1, "ab": True, "key": "k", "ts": None,
+    }  # fmt: skip
+
+
+def test_shadow_answers_are_counted_apart_from_drops_and_errors() -> None:
+    sh = ShadowStats()
+    for r in (
+        {"dropped": True},
+        {"ok": False},
+        {"latency_ms": 4.0, "agree": True, "abs_diff": 0.1},
+        {"latency_ms": 6.0, "agree": False, "abs_diff": 0.3},
+    ):
+        sh.count(r)
+    report = sh.report()
+    assert (sh.dropped, sh.mirrored, sh.errors, sh.compared) == (1, 3, 1, 2)
+    assert report["agreement_rate"] == 0.5 and abs(report["mean_abs_diff"] - 0.2) < 1e-12
+
+
+def arm(requests: int, errors: int, latency_ms: float) -> VariantStats:
+    st = VariantStats()
+    st.epoch_requests, st.epoch_errors = requests, errors
+    for _ in range(requests):
+        st.latency.add(latency_ms)
+    return st
+
+
+def test_guardrails_judge_only_enough_requests_and_name_the_bound_they_pass() -> None:
+    g = Guardrails(min_requests=100, min_latency_samples=100)
+    assert breach(g, arm(99, 0, 10.0), arm(99, 50, 10.0)) is None  # too few to judge
+    assert breach(g, arm(100, 1, 10.0), arm(100, 2, 10.0)) is None  # 1 point: within 2
+    errors = breach(g, arm(100, 1, 10.0), arm(100, 4, 10.0))
+    assert errors is not None and "max_error_rate_delta" in errors
+    slow = breach(g, arm(100, 0, 10.0), arm(100, 0, 40.0))
+    assert slow is not None and "max_p99_ratio" in slow
+    assert breach(g, arm(100, 0, 10.0), arm(100, 0, 30.0)) is None  # 3x, but only 20 ms more
