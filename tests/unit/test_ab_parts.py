@@ -76,3 +76,34 @@ def test_guardrails_judge_only_enough_requests_and_name_the_bound_they_pass() ->
     slow = breach(g, arm(100, 0, 10.0), arm(100, 0, 40.0))
     assert slow is not None and "max_p99_ratio" in slow
     assert breach(g, arm(100, 0, 10.0), arm(100, 0, 30.0)) is None  # 3x, but only 20 ms more
+
+
+def test_a_snapshot_puts_back_what_it_took() -> None:
+    """`durability.state_of` then `load_state` on a fresh experiment of the same app: the same
+    split, statistics and pending feedback (what a restart starts from, before the journal)."""
+    import json
+
+    from shipyard.ab import durability
+    from shipyard.ab.experiment import Experiment
+    from shipyard.config.serving import TrafficUpdate
+    from tests.unit.test_experiment import VERSIONS, config, requests_for
+
+    first = Experiment(config(), VERSIONS)
+    first.set_traffic(TrafficUpdate(weights={"treatment": 30}), source="test")
+    first.ingest(requests_for("control", 40, key="k1") + requests_for("treatment", 30, status=500))
+    first.feedback("not-seen-yet", 1.0)
+    saved = json.loads(json.dumps(durability.state_of(first)))  # as it is written and read
+    again = Experiment(config(), VERSIONS)
+    durability.load_state(again, saved)
+    assert durability.state_of(again) == saved
+    assert again.allocation.shares() == first.allocation.shares()
+    # Everything the report counts, but the latencies: a window of the current split only,
+    # which a restart starts afresh (as a traffic change does).
+    before, after = first.report()["variants"], again.report()["variants"]
+    for v in (before, after):
+        for stats in v.values():
+            stats.pop("latency_ms")
+    assert after == before and after["treatment"]["errors"] == 30
+    assert first.report()["variants"]["control"]["latency_ms"]["p50"] == 5.0
+    assert again.report()["variants"]["control"]["latency_ms"]["p50"] is None
+    assert durability.entry_weight({"rows": [1, 2, 3]}) == 3 == 3 * durability.entry_weight({})

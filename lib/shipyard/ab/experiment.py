@@ -14,8 +14,9 @@ caller (StorageError, a 503) with nothing changed, so the retry is safe.
 
 Its parts: what is counted per variant and shadow is `shipyard.ab.ledger`; the guardrails'
 thresholds are `shipyard.ab.guardrails`; the A/B report and the mSPRT looks are
-`shipyard.ab.report`. This class decides when to count (ingest, de-duplication, the feedback
-join), owns the traffic table, and keeps it all durable.
+`shipyard.ab.report`; what a snapshot holds is `shipyard.ab.durability`. This class decides
+when to count (ingest, de-duplication, the feedback join), owns the traffic table, and journals,
+snapshots and replays.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from shipyard.ab import guardrails
+from shipyard.ab import durability, guardrails
 from shipyard.ab import report as ab_report
 from shipyard.ab.ledger import ShadowStats, VariantStats, index_entry, joinable
 from shipyard.ab.routing import Allocation
@@ -41,7 +42,6 @@ from shipyard.storage import Journal, StateDir
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 3  # 3: a snapshot names the journal entry it covers; pending feedback kept
 FEEDBACK_TTL_S = 600.0
 # What a traffic change touches: copied before, put back if its snapshot cannot be written.
 _TRAFFIC_STATE = ("weights", "shadow", "control", "deploy_hash", "allocation", "epoch", "shadows",
@@ -54,11 +54,6 @@ class AliasStore(Protocol):
     def aliases(self, name: str) -> dict[str, int]: ...
     def set_alias(self, name: str, alias: str, version: int) -> None: ...
     def delete_alias(self, name: str, alias: str) -> None: ...
-
-
-def _weight(entry: dict[str, Any]) -> int:
-    """How many requests a journal entry holds (the journal keeps as many as the index)."""
-    return len(entry.get("rows", ())) or 1
 
 
 def _hash(obj: Any) -> str:
@@ -101,7 +96,9 @@ class Experiment:
         self.on_snapshot = on_snapshot
         self.identity = _hash({"model": cfg.model, "versions": self.versions})
         # One folder per set of variants: a new set starts afresh, the old one stays as it was.
-        self.state = state.child(f"experiment-v{STATE_FORMAT}-{self.identity}") if state else None
+        self.state = (
+            state.child(f"experiment-v{durability.STATE_FORMAT}-{self.identity}") if state else None
+        )
         self.journal = Journal(self.state.child("journal")) if self.state else None
         self._outbox: list[tuple[str, dict[str, Any]]] = []  # events sent once a change is saved
         traffic = cfg.traffic()
@@ -440,28 +437,6 @@ class Experiment:
         if self.journal is not None:
             self.journal.append(entry)
 
-    def _state(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "identity": self.identity,
-            "weights": self.weights,
-            "shadow": self.shadow,
-            "control": self.control,
-            "deploy_hash": self.deploy_hash,
-            "allocation": self.allocation.to_json(),
-            "epoch": self.epoch,
-            "epoch_started": self.epoch_started,
-            "config_version": self.config_version,
-            "rolled_back": self.rolled_back,
-            "msprt": self.msprt,
-            "stats": {n: s.to_json() for n, s in self.stats.items()},
-            "shadows": {n: s.to_json() for n, s in self.shadows.items()},
-            "pending": {k: list(v) for k, v in self.pending.items()},
-            "feedback_unmatched": self.feedback_unmatched,
-            "feedback_dropped": self.feedback_dropped,
-            "started": self.started,
-        }
-
     def save(self, force: bool = False) -> None:
         """Write a snapshot stamped with the journal entry it covers (at most every
         `snapshot_s` unless forced), then merge the entries it covers. A forced save (a traffic
@@ -473,7 +448,7 @@ class Experiment:
             return
         seq = self.journal.seq
         try:
-            self.state.write("snapshot.json", json.dumps({**self._state(), "seq": seq}))
+            self.state.write("snapshot.json", json.dumps({**durability.state_of(self), "seq": seq}))
         except StorageError as err:
             if force:
                 raise
@@ -484,43 +459,21 @@ class Experiment:
             self.on_snapshot(seq)
         if self.journal.pending >= self.compact_entries:
             try:
-                self.journal.compact(_weight)  # the snapshot covers every entry
+                self.journal.compact(durability.entry_weight)  # the snapshot covers every entry
                 self.journal.trim(self.max_index)
             except StorageError as err:
                 logger.warning("journal not compacted (retried after the next snapshot): %s", err)
-
-    def _load(self, state: dict[str, Any]) -> None:
-        self.weights = state["weights"]
-        self.shadow = state["shadow"]
-        self.control = state["control"]
-        self.deploy_hash = state["deploy_hash"]
-        self.allocation = Allocation.from_json(state["allocation"])
-        self.epoch = state["epoch"]
-        self.epoch_started = state["epoch_started"]
-        self.config_version = state["config_version"]
-        self.rolled_back = state["rolled_back"]
-        self.msprt = state["msprt"]
-        self.started = state["started"]
-        self.pending = {k: (float(v[0]), float(v[1])) for k, v in state["pending"].items()}
-        self.feedback_unmatched = int(state["feedback_unmatched"])
-        self.feedback_dropped = int(state["feedback_dropped"])
-        for n, d in state["stats"].items():
-            if n in self.stats:
-                self.stats[n].load(d)
-        for n, d in state["shadows"].items():
-            if n in self.shadows:
-                self.shadows[n].load(d)
 
     def _restore(self) -> None:
         """Newest snapshot + the journal: entries it covers rebuild the join index only; the
         entries after it are applied as they were the first time."""
         assert self.state is not None and self.journal is not None
         raw = self.state.read("snapshot.json")
-        entries = self.journal.load(_weight)
+        entries = self.journal.load(durability.entry_weight)
         covered = 0
         if raw is not None:
             state = json.loads(raw)
-            self._load(state)
+            durability.load_state(self, state)
             covered = int(state["seq"])
         replayed = 0
         for e in entries:
