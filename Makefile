@@ -96,5 +96,5 @@ learning-curve: install  ## how much more data would buy: the demo model on grow
 mlflow-ui: install  ## MLflow UI over the local tracking store, http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(SHIPYARD_HOME)/mlflow.db --host 127.0.0.1 --port 5000
 
-docs: install  ## regenerate README's config reference and benchmark table
+docs: install  ## regenerate the config references (docs/) and the benchmark tables (README)
 	$(PY) -m benchmarks.docs

@@ -1,4 +1,4 @@
-"""`make docs`: refresh the generated parts of README.md (config reference, benchmark table)."""
+"""`make docs`: refresh the generated parts of the docs (config references in docs/, the\nbenchmark tables in README.md)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,22 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def main() -> None:
+    docs = ROOT / "docs"
+    for path, blocks in {
+        docs / "training.md": {"config-reference": reference_markdown()},
+        docs / "serving.md": {"serving-reference": reference_markdown(ServingConfig)},
+        docs / "cluster.md": {
+            "tune-reference": reference_markdown(TuneSection, "tune."),
+            "curve-reference": reference_markdown(CurveSection, "curve."),
+            "search-param-reference": reference_markdown(SearchParam, "tune.space.NAME."),
+        },
+    }.items():
+        text = path.read_text()
+        for name, body in blocks.items():
+            text = replace_block(text, name, body)
+        path.write_text(text)
     readme = ROOT / "README.md"
-    text = replace_block(readme.read_text(), "config-reference", reference_markdown())
-    text = replace_block(text, "serving-reference", reference_markdown(ServingConfig))
-    text = replace_block(text, "tune-reference", reference_markdown(TuneSection, "tune."))
-    text = replace_block(text, "curve-reference", reference_markdown(CurveSection, "curve."))
-    text = replace_block(
-        text, "search-param-reference", reference_markdown(SearchParam, "tune.space.NAME.")
-    )
+    text = readme.read_text()
     parts = [
         p.read_text()
         for p in (

@@ -20,7 +20,7 @@ from shipyard.errors import ShipyardError
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--config", required=True, help="YAML job config (see README: config reference)"
+        "--config", required=True, help="YAML job config (see docs/training.md: config reference)"
     )
     ap.add_argument("--data", help="override data.path")
     ap.add_argument("--model-name", help="override model.name")

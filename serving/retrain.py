@@ -106,7 +106,7 @@ class ServeDeployer:
             raise ShipyardError(
                 f"app {self.app_name!r} was not deployed from a config (serve run or the Python "
                 "API): approval redeploys it the way `serve deploy` does, so deploy it with "
-                "`serve deploy` (see README), or add the version to the variants file yourself"
+                "`serve deploy` (see docs/serving.md), or add the version to the variants file yourself"
             )
         config: dict[str, Any] = {
             "applications": [

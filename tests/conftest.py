@@ -112,7 +112,7 @@ from shipyard import contract  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "churn-test"
 ADMIN_TOKEN = "test-admin-token"
-# Serve runs the way Shipyard deploys it (see README "Serve and A/B test", benchmarks).
+# Serve runs the way Shipyard deploys it (see docs/serving.md, "Serve and A/B test"; benchmarks).
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 # A job's idle Ray workers are kept until the job ends. Ray's defaults (a soft limit of one idle
 # worker per CPU, the rest killed after 1 s idle) made eight jobs at once on 4 logical CPUs start

@@ -1,4 +1,5 @@
-"""The README's config reference is the one the code generates (docs cannot drift from code)."""
+"""The config references in docs/ are the ones the code generates (docs cannot drift from code),
+and the README is a front page that links to them."""
 
 from pathlib import Path
 
@@ -13,28 +14,40 @@ from shipyard.config.jobs import (
 )
 from shipyard.config.serving import ServingConfig
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
 
 
 @pytest.mark.parametrize(
-    ("block", "model", "prefix"),
+    ("doc", "block", "model", "prefix"),
     [
-        ("config-reference", TrainJobConfig, ""),
-        ("serving-reference", ServingConfig, ""),
-        ("tune-reference", TuneSection, "tune."),
-        ("curve-reference", CurveSection, "curve."),
-        ("search-param-reference", SearchParam, "tune.space.NAME."),
+        ("training.md", "config-reference", TrainJobConfig, ""),
+        ("serving.md", "serving-reference", ServingConfig, ""),
+        ("cluster.md", "tune-reference", TuneSection, "tune."),
+        ("cluster.md", "curve-reference", CurveSection, "curve."),
+        ("cluster.md", "search-param-reference", SearchParam, "tune.space.NAME."),
     ],
 )
-def test_config_reference_is_current(block: str, model: type, prefix: str) -> None:
-    text = README.read_text()
+def test_config_reference_is_current(doc: str, block: str, model: type, prefix: str) -> None:
+    text = (REPO / "docs" / doc).read_text()
     start = text.index(f"<!-- {block}:start -->") + len(f"<!-- {block}:start -->")
     end = text.index(f"<!-- {block}:end -->")
     assert text[start:end].strip() == reference_markdown(model, prefix).strip(), (
-        f"README {block} is stale: run `make docs`"
+        f"docs/{doc} {block} is stale: run `make docs`"
     )
 
 
 def test_readme_shows_the_two_commands() -> None:
     text = README.read_text()
     assert "make demo" in text and "make test" in text
+
+
+def test_the_readme_is_a_front_page_whose_links_resolve() -> None:
+    import re
+
+    text = README.read_text()
+    first_screen = "\n".join(text.splitlines()[:60])
+    assert "How it fits together" in first_screen and "make demo" in first_screen
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert links and all((REPO / link).is_file() for link in links), links
+    assert len(text.splitlines()) < 400  # the rest lives in docs/

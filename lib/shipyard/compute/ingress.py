@@ -6,7 +6,7 @@ app's ingress deployment (the router) serves HTTP on a port of its own (from 300
 `RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT`), bound to `http_options.host`, beside the proxy on the
 head node. A request sent there skips the proxy's hop and the router's actor call back to the
 proxy for the body: on 2 cores, 17 ms of CPU a request through the proxy against 3 ms direct
-(README, "Serve and A/B test"). Serve publishes the ports as the application's target groups
+(docs/serving.md, "Serve and A/B test"). Serve publishes the ports as the application's target groups
 (`GET /api/serve/applications/` on the dashboard); a load balancer in front of them (Serve's
 HAProxy mode, or the cloud's) is what spreads clients over the replicas on a cluster. A replica
 started again (a redeploy, a lost node) may get another port: ask again.

@@ -24,7 +24,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling and the config reference in README.md)"
+            msg = "unknown key (check its spelling and the config reference in docs/training.md or docs/serving.md)"
         bad = e.get("input")
         shown = "" if e["type"] in ("missing",) else f" (got {bad!r})"
         if isinstance(bad, dict) and e["type"] != "extra_forbidden":

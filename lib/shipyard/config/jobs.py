@@ -397,7 +397,7 @@ def load_curve_config(
 
 
 def reference_markdown(model: type[BaseModel] = TrainJobConfig, prefix: str = "") -> str:
-    """The config reference table in README.md, generated from the models' field descriptions."""
+    """A config reference table for docs/, generated from the models' field descriptions."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
 
     def walk(m: type[BaseModel], prefix: str) -> None:
