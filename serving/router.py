@@ -67,27 +67,6 @@ def _key_hash(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
-def _replica_counts() -> dict[str, int]:
-    """Running replicas per deployment of this app, from the Serve controller."""
-    try:
-        app = serve.get_replica_context().app_name
-        status = serve.status().applications[app]
-        return {
-            name: int(sum(n for state, n in d.replica_states.items() if state == "RUNNING"))
-            for name, d in status.deployments.items()
-        }
-    except Exception as err:  # informational only
-        logger.info("replica counts unavailable: %s", err)
-        return {}
-
-
-def _health_error(info: Any) -> str | None:
-    if isinstance(info, BaseException):
-        return "no answer from the variant (restarting?)"
-    error = info.get("error")
-    return None if error is None else str(error)
-
-
 class Router:
     def __init__(
         self,
@@ -104,7 +83,9 @@ class Router:
         self.store = StoreClient(store, self.cfg.limits)
         self.drifts = drifts or {}
         self.admin = Admin(self.store, self._apply, retrain)
-        self.monitor = MonitorRoutes(self.cfg, self.drifts, retrain)
+        self.monitor = MonitorRoutes(
+            self.cfg, self.drifts, retrain, self.pool, self.versions, self._table
+        )
         self.snapshot: dict[str, Any] = {"config_version": -1}
         self.allocation: Allocation | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,6 +113,9 @@ class Router:
 
     def build_app(self) -> Any:
         return build_api(self, self.admin, self.monitor, self.auth, self.cfg.limits.max_body_bytes)
+
+    def _table(self) -> tuple[dict[str, Any], Allocation | None]:
+        return self.snapshot, self.allocation
 
     # --- configuration --------------------------------------------------------------------------
     async def reconfigure(self, traffic: dict[str, Any]) -> None:
@@ -380,39 +364,6 @@ class Router:
             "capture": self.capture.stats() if self.capture is not None else {"enabled": False},
         }
         return JSONResponse(report)
-
-    async def variants(self) -> JSONResponse:
-        snap = self.snapshot
-        if self.allocation is None:
-            raise Unavailable("the router has no traffic table yet; retry shortly")
-        shares = self.allocation.shares()
-        infos = await self.pool.infos(list(self.versions))
-        replicas = _replica_counts()
-        out = [
-            {
-                "variant": name,
-                "model_version": self.versions[name],
-                "weight": snap["weights"].get(name, 0.0),
-                "traffic_share": shares.get(name, 0.0),
-                "shadow": snap["shadow"].get(name, 0.0),
-                "control": name == snap["control"],
-                "replicas": replicas.get(f"variant-{name}"),
-                "loaded_at": None if isinstance(info, BaseException) else info["loaded_at"],
-                "healthy": not isinstance(info, BaseException) and info.get("loaded", True),
-                "error": _health_error(info),
-                "routed": name not in self.pool.down,
-            }
-            for name, info in zip(self.versions, infos, strict=True)
-        ]
-        return JSONResponse(
-            {
-                "model": self.cfg.model,
-                "config_version": snap["config_version"],
-                "control": snap["control"],
-                "allocation": snap["allocation"],
-                "variants": out,
-            }
-        )
 
     async def healthz(self) -> dict[str, Any]:
         return {"ok": self.allocation is not None, "model": self.cfg.model}

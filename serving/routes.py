@@ -46,9 +46,6 @@ class Handlers(Protocol):
     def ab(self) -> Callable[..., Any]: ...
 
     @property
-    def variants(self) -> Callable[..., Any]: ...
-
-    @property
     def healthz(self) -> Callable[..., Any]: ...
 
 
@@ -84,7 +81,7 @@ def build_api(
         ("/feedback", "POST", handlers.feedback, {**json_data, "response_model": FeedbackResponse},
          "The outcome of an earlier prediction (A/B statistics)"),
         ("/ab", "GET", handlers.ab, {"dependencies": data}, "The A/B report"),
-        ("/variants", "GET", handlers.variants, {"dependencies": data}, "Live variants and weights"),
+        ("/variants", "GET", monitor.variants, {"dependencies": data}, "Live variants and weights"),
         ("/variants", "PUT", admin_routes.put_variants, json_admin, "Change weights (admin)"),
         ("/variants/{name}/promote", "POST", admin_routes.promote, json_admin,
          "Make a variant the control with all live traffic (admin)"),
