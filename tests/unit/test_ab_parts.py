@@ -107,3 +107,32 @@ def test_a_snapshot_puts_back_what_it_took() -> None:
     assert first.report()["variants"]["control"]["latency_ms"]["p50"] == 5.0
     assert again.report()["variants"]["control"]["latency_ms"]["p50"] is None
     assert durability.entry_weight({"rows": [1, 2, 3]}) == 3 == 3 * durability.entry_weight({})
+
+
+def test_a_traffic_change_is_resolved_or_refused_naming_the_field() -> None:
+    import re
+
+    import pytest
+
+    from shipyard.ab import traffic
+    from shipyard.config.serving import TrafficUpdate
+    from shipyard.errors import InvalidInput
+
+    weights, shadow = {"control": 90.0, "treatment": 10.0, "mirror": 0.0}, {"mirror": 50.0}
+    now = traffic.resolve(TrafficUpdate(weights={"treatment": 30}), weights, shadow, "control")
+    assert now == ({"control": 90.0, "treatment": 30.0, "mirror": 0.0}, {"mirror": 50.0}, "control")
+    assert traffic.live_weights(*now[:2]) == {"control": 90.0, "treatment": 30.0}
+    unshadowed = traffic.resolve(TrafficUpdate(shadow={"mirror": 0}), weights, shadow, "control")
+    assert unshadowed[1] == {}  # a zero share is no shadow
+    for update, named in (
+        (TrafficUpdate(weights={"ghost": 5}), "weights: unknown variant(s) ['ghost']"),
+        (TrafficUpdate(control="ghost"), "control: unknown variant 'ghost'"),
+        (TrafficUpdate(weights={"mirror": 5}), "a variant is either live or shadow"),
+        (TrafficUpdate(control="mirror", weights={"mirror": 0}), "control: 'mirror' is a shadow"),
+        (TrafficUpdate(weights={"control": 0, "treatment": 0}), "at least one live variant"),
+    ):
+        with pytest.raises(InvalidInput, match=re.escape(named)):
+            traffic.resolve(update, weights, shadow, "control")
+    assert traffic.deploy_hash({"weights": {"a": 90}}) == traffic.deploy_hash(
+        {"weights": {"a": 90.0}}
+    )

@@ -12,11 +12,11 @@ and every answered request a router delivered is counted exactly once after any 
 deliver at least once; an id is counted once). A write that storage refuses is refused to the
 caller (StorageError, a 503) with nothing changed, so the retry is safe.
 
-Its parts: what is counted per variant and shadow is `shipyard.ab.ledger`; the guardrails'
-thresholds are `shipyard.ab.guardrails`; the A/B report and the mSPRT looks are
-`shipyard.ab.report`; what a snapshot holds is `shipyard.ab.durability`. This class decides
-when to count (ingest, de-duplication, the feedback join), owns the traffic table, and journals,
-snapshots and replays.
+Its parts: what a traffic change may set is `shipyard.ab.traffic`; what is counted per variant
+and shadow is `shipyard.ab.ledger`; the guardrails' thresholds are `shipyard.ab.guardrails`; the
+A/B report and the mSPRT looks are `shipyard.ab.report`; what a snapshot holds is
+`shipyard.ab.durability`. This class decides when to count (ingest, de-duplication, the feedback
+join), owns the traffic table, and journals, snapshots and replays.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ from typing import Any, Protocol
 
 from shipyard.ab import durability, guardrails
 from shipyard.ab import report as ab_report
+from shipyard.ab import traffic as rules
 from shipyard.ab.ledger import ShadowStats, VariantStats, index_entry, joinable
 from shipyard.ab.routing import Allocation
 from shipyard.config.serving import ServingConfig, TrafficUpdate
@@ -54,15 +54,6 @@ class AliasStore(Protocol):
     def aliases(self, name: str) -> dict[str, int]: ...
     def set_alias(self, name: str, alias: str, version: int) -> None: ...
     def delete_alias(self, name: str, alias: str) -> None: ...
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _traffic_hash(traffic: dict[str, Any]) -> str:
-    """Hash of a user_config after validation, so 90 and 90.0 are the same deployment."""
-    return _hash(TrafficUpdate.model_validate(traffic).model_dump())
 
 
 class Experiment:
@@ -94,7 +85,7 @@ class Experiment:
         self.snapshot_s = snapshot_s
         self.compact_entries = compact_entries
         self.on_snapshot = on_snapshot
-        self.identity = _hash({"model": cfg.model, "versions": self.versions})
+        self.identity = rules.content_hash({"model": cfg.model, "versions": self.versions})
         # One folder per set of variants: a new set starts afresh, the old one stays as it was.
         self.state = (
             state.child(f"experiment-v{durability.STATE_FORMAT}-{self.identity}") if state else None
@@ -105,7 +96,7 @@ class Experiment:
         self.weights: dict[str, float] = dict(traffic["weights"])
         self.shadow: dict[str, float] = dict(traffic["shadow"])
         self.control: str = traffic["control"]
-        self.deploy_hash = _traffic_hash(traffic)
+        self.deploy_hash = rules.deploy_hash(traffic)
         self.allocation = Allocation.initial(self._live_weights(), self.control)
         self.epoch = 0
         self.epoch_started = self.clock()
@@ -128,7 +119,7 @@ class Experiment:
 
     # --- traffic ------------------------------------------------------------------------------
     def _live_weights(self) -> dict[str, float]:
-        return {n: w for n, w in self.weights.items() if self.shadow.get(n, 0) == 0}
+        return rules.live_weights(self.weights, self.shadow)
 
     def snapshot(self) -> dict[str, Any]:
         """What routers need to route: the bucket table, shadow shares, control, versions."""
@@ -175,28 +166,8 @@ class Experiment:
             return self._set_traffic(update, source)
 
     def _set_traffic(self, update: TrafficUpdate, source: str) -> dict[str, Any]:
-        names = list(self.weights)
-        for field, mapping in (("weights", update.weights), ("shadow", update.shadow)):
-            unknown = sorted(set(mapping) - set(names))
-            if unknown:
-                raise InvalidInput(f"{field}: unknown variant(s) {unknown}; variants: {names}")
-        weights = {**self.weights, **update.weights}
-        shadow = {**self.shadow, **update.shadow}
-        control = update.control or self.control
-        if control not in names:
-            raise InvalidInput(f"control: unknown variant {control!r}; variants: {names}")
-        for n in names:
-            if weights[n] > 0 and shadow.get(n, 0) > 0:
-                raise InvalidInput(
-                    f"weights[{n!r}]={weights[n]} and shadow[{n!r}]={shadow[n]}: a variant is "
-                    "either live or shadow; set one of them to 0"
-                )
-        if shadow.get(control, 0) > 0:
-            raise InvalidInput(f"control: {control!r} is a shadow variant")
-        live = {n: w for n, w in weights.items() if shadow.get(n, 0) == 0}
-        if sum(live.values()) <= 0:
-            raise InvalidInput(f"weights: at least one live variant needs weight > 0, got {live}")
-        shadow = {n: s for n, s in shadow.items() if s > 0}
+        weights, shadow, control = rules.resolve(update, self.weights, self.shadow, self.control)
+        live = rules.live_weights(weights, shadow)
         if weights == self.weights and shadow == self.shadow and control == self.control:
             return self.snapshot()
         old = {"weights": dict(self.weights), "shadow": dict(self.shadow), "control": self.control}
@@ -223,7 +194,7 @@ class Experiment:
         Routers call this on every (re)start with the deployed user_config; a restart must not
         undo changes made since through PUT /variants or a guardrail rollback.
         """
-        h = _traffic_hash(traffic)
+        h = rules.deploy_hash(traffic)
         if h == self.deploy_hash:
             return False
         with self._change():
