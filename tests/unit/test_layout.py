@@ -5,6 +5,7 @@
 - No import cycles between modules, counting imports inside functions too, nor between the
   packages they sit in.
 - No private name (`_x`) is imported from another module.
+- No remote call picks its method by a name computed at run time (`getattr(handle, name).remote`).
 - `jobs`, `serving` and `shipyard` are generic top-level names: the installed distribution must be
   this checkout's, and nothing else on the path may provide the same names.
 """
@@ -123,6 +124,35 @@ def test_no_import_cycles_between_packages() -> None:
     assert packages["shipyard.monitoring"] >= {"shipyard.config"}
     closed = {**packages, "shipyard.config": packages["shipyard.config"] | {"shipyard.monitoring"}}
     assert cycles_in(closed) != []
+
+
+def calls_by_name(tree: ast.AST) -> list[int]:
+    """Lines where a remote method is picked by a name computed at run time:
+    `getattr(handle, name).remote(...)` or `getattr(handle, name).options(...)`."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("remote", "options")
+        and isinstance(node.func.value, ast.Call)
+        and isinstance(node.func.value.func, ast.Name)
+        and node.func.value.func.id == "getattr"
+    ]
+
+
+def test_no_remote_call_picks_its_method_by_name() -> None:
+    """Calls through a Ray or Serve handle name their method in the code (typed, findable),
+    never `getattr(handle, name).remote(...)`, which hides the path from readers and type
+    checkers (the router once called the store and its variants that way)."""
+    bad = [
+        f"{p.relative_to(REPO)}:{line}"
+        for p in MODULES.values()
+        for line in calls_by_name(ast.parse(p.read_text(), str(p)))
+    ]
+    assert bad == []
+    was = "response = getattr(self.store, method).remote(*args)"  # the router's old store call
+    assert calls_by_name(ast.parse(was)) == [1]
 
 
 def test_no_private_names_cross_modules() -> None:
