@@ -5,37 +5,15 @@ experiment's (`Experiment.save`, `Experiment._restore`)."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
-from shipyard.ab.ledger import ShadowStats, VariantStats
 from shipyard.ab.routing import Allocation
+from shipyard.ab.state import ExperimentState
 
 STATE_FORMAT = 3  # 3: a snapshot names the journal entry it covers; pending feedback kept
 
 
-class Durable(Protocol):
-    """What a snapshot holds of an experiment (`shipyard.ab.experiment.Experiment`)."""
-
-    identity: str
-    weights: dict[str, float]
-    shadow: dict[str, float]
-    control: str
-    deploy_hash: str
-    allocation: Allocation
-    epoch: int
-    epoch_started: float
-    config_version: int
-    rolled_back: dict[str, str]
-    msprt: dict[str, dict[str, float | None]]
-    stats: dict[str, VariantStats]
-    shadows: dict[str, ShadowStats]
-    pending: dict[str, tuple[float, float]]
-    feedback_unmatched: int
-    feedback_dropped: int
-    started: float
-
-
-def state_of(exp: Durable) -> dict[str, Any]:
+def state_of(exp: ExperimentState) -> dict[str, Any]:
     """The snapshot's contents (JSON-ready)."""
     return {
         "format": STATE_FORMAT,
@@ -59,7 +37,7 @@ def state_of(exp: Durable) -> dict[str, Any]:
     }
 
 
-def load_state(exp: Durable, state: dict[str, Any]) -> None:
+def load_state(exp: ExperimentState, state: dict[str, Any]) -> None:
     """Put a snapshot's contents back (variants no longer in the app are left out)."""
     exp.weights = state["weights"]
     exp.shadow = state["shadow"]

@@ -6,40 +6,16 @@ outcomes arrive; the rest only reads the experiment."""
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any
 
 from shipyard.ab import guardrails
 from shipyard.ab import statistics as abstats
-from shipyard.ab.ledger import ShadowStats, VariantStats
-from shipyard.ab.routing import Allocation
+from shipyard.ab.state import ExperimentState
 from shipyard.ab.statistics import Moments
-from shipyard.config.serving import ServingConfig
 from shipyard.multiplicity import holm
 
 
-class ExperimentView(Protocol):
-    """What the report reads of an experiment (`shipyard.ab.experiment.Experiment`)."""
-
-    cfg: ServingConfig
-    versions: dict[str, int]
-    weights: dict[str, float]
-    shadow: dict[str, float]
-    control: str
-    stats: dict[str, VariantStats]
-    shadows: dict[str, ShadowStats]
-    allocation: Allocation
-    epoch: int
-    epoch_started: float
-    rolled_back: dict[str, str]
-    msprt: dict[str, dict[str, float | None]]
-    pending: dict[str, tuple[float, float]]
-    feedback_unmatched: int
-    feedback_dropped: int
-
-    def storage_report(self) -> dict[str, Any] | None: ...
-
-
-def look(exp: ExperimentView) -> None:
+def look(exp: ExperimentState) -> None:
     """One more look for every treatment: update the running min of the mSPRT p-value."""
     ctl = exp.stats[exp.control].outcomes
     ctl_keyed = exp.stats[exp.control].keyed
@@ -68,7 +44,7 @@ def look(exp: ExperimentView) -> None:
         state["p"] = min(float(state["p"]), p)  # type: ignore[arg-type]
 
 
-def report(exp: ExperimentView) -> dict[str, Any]:
+def report(exp: ExperimentState) -> dict[str, Any]:
     """GET /ab: per-variant statistics, comparisons with control, SRM and a recommendation."""
     ab = exp.cfg.ab
     variants: dict[str, Any] = {}
@@ -139,7 +115,7 @@ def sequential_p(msprt: dict[str, dict[str, float | None]], name: str) -> float 
 
 
 def compare(
-    exp: ExperimentView, name: str, srm_flagged: bool, seq_adjusted: float | None, family: int
+    exp: ExperimentState, name: str, srm_flagged: bool, seq_adjusted: float | None, family: int
 ) -> dict[str, Any]:
     ab = exp.cfg.ab
     ctl, trt = exp.stats[exp.control].keyed, exp.stats[name].keyed
