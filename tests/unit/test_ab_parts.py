@@ -1,11 +1,20 @@
-"""The experiment's parts on their own: what the ledger counts of a router's record, and when a
-treatment breaches its guardrails (the experiment's own tests drive them end to end)."""
+"""The experiment's parts on their own: what the ledger counts of a router's record, when a
+treatment breaches its guardrails, what a snapshot puts back, what a traffic change may set (the
+experiment's own tests drive them end to end)."""
 
+import json
+import re
 from typing import Any
 
+import pytest
+
+from shipyard.ab import durability, traffic
+from shipyard.ab.experiment import Experiment
 from shipyard.ab.guardrails import breach
 from shipyard.ab.ledger import ShadowStats, VariantStats, index_entry, joinable
-from shipyard.config.serving import Guardrails
+from shipyard.config.serving import Guardrails, TrafficUpdate
+from shipyard.errors import InvalidInput
+from tests.unit.test_experiment import VERSIONS, config, requests_for
 
 
 def counted(*records: dict[str, Any]) -> VariantStats:
@@ -81,12 +90,6 @@ def test_guardrails_judge_only_enough_requests_and_name_the_bound_they_pass() ->
 def test_a_snapshot_puts_back_what_it_took() -> None:
     """`durability.state_of` then `load_state` on a fresh experiment of the same app: the same
     split, statistics and pending feedback (what a restart starts from, before the journal)."""
-    import json
-
-    from shipyard.ab import durability
-    from shipyard.ab.experiment import Experiment
-    from shipyard.config.serving import TrafficUpdate
-    from tests.unit.test_experiment import VERSIONS, config, requests_for
 
     first = Experiment(config(), VERSIONS)
     first.set_traffic(TrafficUpdate(weights={"treatment": 30}), source="test")
@@ -110,13 +113,6 @@ def test_a_snapshot_puts_back_what_it_took() -> None:
 
 
 def test_a_traffic_change_is_resolved_or_refused_naming_the_field() -> None:
-    import re
-
-    import pytest
-
-    from shipyard.ab import traffic
-    from shipyard.config.serving import TrafficUpdate
-    from shipyard.errors import InvalidInput
 
     weights, shadow = {"control": 90.0, "treatment": 10.0, "mirror": 0.0}, {"mirror": 50.0}
     now = traffic.resolve(TrafficUpdate(weights={"treatment": 30}), weights, shadow, "control")

@@ -357,7 +357,7 @@ class Experiment:
             st = self.stats[entry["variant"]]
             st.outcomes.push(outcome)
             st.keyed.push(entry.get("key"), outcome)
-            self._look()
+            ab_report.look(self)
 
     def _expire_pending(self) -> None:
         cutoff = self.clock() - FEEDBACK_TTL_S
@@ -367,9 +367,6 @@ class Experiment:
         self.feedback_unmatched += len(stale)
 
     # --- statistics ---------------------------------------------------------------------------
-    def _look(self) -> None:
-        ab_report.look(self)
-
     def check_guardrails(self) -> list[dict[str, Any]]:
         g = self.cfg.guardrails
         if not g.enabled:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from shipyard.ab import guardrails
 from shipyard.ab import statistics as abstats
 from shipyard.ab.state import ExperimentState
 from shipyard.ab.statistics import Moments
@@ -127,11 +126,7 @@ def compare(
     )
     seq = exp.msprt.get(name, {})
     seq_p = sequential_p(exp.msprt, name)
-    breach = (
-        guardrails.breach(exp.cfg.guardrails, exp.stats[exp.control], exp.stats[name])
-        if exp.weights.get(name, 0) > 0
-        else None
-    )
+    breach = exp.guardrail_breach(name) if exp.weights.get(name, 0) > 0 else None
     decision, why = abstats.recommend(
         guardrail_tripped=breach or exp.rolled_back.get(name),
         srm_flagged=srm_flagged,
