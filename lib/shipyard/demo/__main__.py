@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from shipyard.bundle.lineage import git_env
-from shipyard.compute.ingress import direct_urls
+from shipyard.compute.ingress import direct_urls, serve_details
 from shipyard.compute.localray import LocalCluster, ray_env
 from shipyard.compute.submit import submit_command
 from shipyard.contract import HOME_ENV
@@ -249,6 +249,16 @@ def stop_serving(cluster: LocalCluster, home: Path, model: str) -> None:
     print("\n$ serve shutdown -y   (routers write what they buffered)", flush=True)
     subprocess.run([serve_bin, "shutdown", "-y", "--address", cluster.address], env=ray_env(),
                    check=False, timeout=180)  # fmt: skip
+    # The CLI returns once the shutdown is asked for; the routers write their buffers as their
+    # replicas stop. Wait until Serve lists no application (the routers have stopped).
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if not serve_details(cluster.address).get("applications"):
+                break
+        except (OSError, ValueError):  # the controller itself is gone: so are the routers
+            break
+        time.sleep(1)
     where = home / "serving" / model / "capture" / "requests"
     if not where.exists():
         print(f"no request capture under {where}")
