@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from serving.settings import AppSettings
-from shipyard.ab.experiment import AliasStore, Experiment
+from shipyard.ab.aliases import AliasStore
+from shipyard.ab.experiment import Experiment
 from shipyard.config.serving import TrafficUpdate
 from shipyard.errors import StaleState
 from shipyard.events import EventLog
@@ -72,9 +73,10 @@ class ExperimentStore:
             events=EventLog(app.events_path),
         )
         if generations is not None:
-            assert self.experiment.state is not None and self.experiment.journal is not None
-            gen = generations(self.experiment.state.uri)
-            known, found = gen.known(), self.experiment.journal.seq
+            durable = self.experiment.durable
+            assert durable is not None
+            gen = generations(durable.state.uri)
+            known, found = gen.known(), durable.journal.seq
             if found < known:
                 raise StaleState(
                     f"state_uri {app.state_uri!r} holds journal entry {found}, but this app "
@@ -82,7 +84,7 @@ class ExperimentStore:
                     "read on another node?). Refusing to resume from it; set state_uri to "
                     "object storage (s3://, gs://) on a multi-node cluster."
                 )
-            self.experiment.on_snapshot = gen.record
+            durable.on_snapshot = gen.record
             gen.record(found)
 
     def _locked(self, fn: Callable[..., T], *args: Any) -> T:

@@ -1,19 +1,25 @@
 """The experiment's parts on their own: what the ledger counts of a router's record, when a
-treatment breaches its guardrails, what a snapshot puts back, what a traffic change may set (the
-experiment's own tests drive them end to end)."""
+treatment breaches its guardrails, what a snapshot puts back, what a traffic change may set and how
+it is undone, which request an outcome joins, what a promotion does to the registry's aliases, when
+snapshots are written (the experiment's own tests drive them end to end)."""
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shipyard.ab import aliases as registry
 from shipyard.ab import durability, traffic
+from shipyard.ab.changes import Changes
 from shipyard.ab.experiment import Experiment
 from shipyard.ab.guardrails import breach
+from shipyard.ab.joins import FeedbackJoin
 from shipyard.ab.ledger import ShadowStats, VariantStats, index_entry, joinable
 from shipyard.config.serving import Guardrails, TrafficUpdate
-from shipyard.errors import InvalidInput
+from shipyard.errors import InvalidInput, StorageError
+from shipyard.storage import StateDir
 from tests.unit.test_experiment import VERSIONS, config, requests_for
 
 
@@ -132,3 +138,104 @@ def test_a_traffic_change_is_resolved_or_refused_naming_the_field() -> None:
     assert traffic.deploy_hash({"weights": {"a": 90}}) == traffic.deploy_hash(
         {"weights": {"a": 90.0}}
     )
+
+
+def test_the_join_holds_early_outcomes_and_forgets_the_oldest_first() -> None:
+    now = [0.0]
+    joins = FeedbackJoin(max_index=2, max_pending=2, clock=lambda: now[0], ttl_s=10.0)
+    joins.remember("failed")
+    assert joins.seen("failed") and not joins.has_outcome("failed")
+    assert joins.add("a", {"variant": "control"}) is None  # nothing held for it
+    joins.hold("b", 1.0, ts=0.0)  # its outcome came first
+    assert joins.has_outcome("b") and not joins.seen("b")
+    assert joins.add("b", {"variant": "treatment"}) == 1.0 and joins.pending == {}
+    assert joins.join("b", 1.0) == {"variant": "treatment", "outcome": 1.0}
+    assert joins.join("never-seen", 0.0) is None
+    joins.add("c", {})
+    assert list(joins.index) == ["b", "c"]  # over max_index: the oldest ("a") goes
+    for i in range(3):
+        joins.hold(f"early{i}", 0.0, ts=now[0])
+    assert list(joins.pending) == ["early1", "early2"] and joins.dropped == 1
+    now[0] = 11.0
+    joins.hold("late", 1.0, ts=now[0])
+    assert list(joins.pending) == ["late"] and joins.unmatched == 2  # expired after ttl_s
+
+
+class Target:
+    def __init__(self) -> None:
+        self.weights = {"a": 1.0}
+
+
+def test_a_change_that_cannot_be_saved_is_undone_and_says_nothing() -> None:
+    target, sent, saves = Target(), [], []
+
+    def save() -> None:
+        saves.append(dict(target.weights))
+        if target.weights.get("refused"):
+            raise StorageError("storage refused (test)")
+
+    changes = Changes(target, ("weights",), save, lambda kind, data: sent.append(kind))
+    with changes():
+        target.weights["b"] = 2.0
+        changes.emit("first")
+        with changes():  # nested: only the outermost saves
+            changes.emit("second")
+        assert sent == []  # held until saved
+    assert saves == [{"a": 1.0, "b": 2.0}] and sent == ["first", "second"]
+    with pytest.raises(StorageError), changes():
+        target.weights["refused"] = 1.0
+        changes.emit("third")
+    assert target.weights == {"a": 1.0, "b": 2.0} and sent == ["first", "second"]
+    changes.emit("outside")  # no change in progress: sent at once
+    assert sent[-1] == "outside" and changes.depth == 0
+
+
+class Aliases:
+    def __init__(self, **aliases: int) -> None:
+        self.table = dict(aliases)
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return dict(self.table)
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        self.table[alias] = version
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        del self.table[alias]
+
+
+def test_promotion_crowns_the_version_and_a_rollback_drops_only_its_own_alias() -> None:
+    store = Aliases(champion=1, challenger=2)
+    registry.crown(store, "m", 2)
+    assert store.table == {"champion": 2, "previous_champion": 1}
+    registry.crown(store, "m", 2)  # again: nothing else moves
+    assert store.table == {"champion": 2, "previous_champion": 1}
+    store.table["challenger"] = 3
+    registry.drop(store, "m", "challenger", 4)  # names another version: left alone
+    assert store.table["challenger"] == 3
+    registry.drop(store, "m", "challenger", 3)
+    assert "challenger" not in store.table
+
+
+def test_snapshots_are_written_when_due_and_cover_the_journal(tmp_path: Path) -> None:
+    now, seen = [100.0], list[int]()
+    durable = durability.Durable(
+        StateDir(tmp_path), clock=lambda: now[0], snapshot_s=2.0, compact_entries=3, keep=10,
+        on_snapshot=seen.append,
+    )  # fmt: skip
+    assert durable.load() == (None, [])
+    for i in range(3):
+        durable.append({"kind": "feedback", "n": i})
+    durable.save(lambda: {"v": 1})  # due: none written for snapshot_s
+    now[0] = 101.0
+    durable.append({"kind": "feedback", "n": 3})
+    durable.save(lambda: {"v": 2})  # within snapshot_s: not written
+    snapshot, entries = durable.load()
+    assert snapshot == {"v": 1, "seq": 3} and seen == [3]
+    assert durable.journal.pending == 1  # the three it covers were merged (compact_entries=3)
+    assert [e["n"] for e in entries] == [0, 1, 2, 3]  # those it covers kept, merged, for the index
+    durable.save(lambda: {"v": 3}, force=True)
+    assert durable.load()[0] == {"v": 3, "seq": 4} and seen == [3, 4]
+    durable.resumed(durable.load()[0], replayed=0, entries=4)
+    assert durable.report()["restored"] == {"snapshot_seq": 4, "replayed": 0, "entries": 4}
+    assert durable.report()["journal_seq"] == 4 and durable.report()["state_uri"] == str(tmp_path)

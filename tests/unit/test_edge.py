@@ -376,7 +376,7 @@ def test_pending_feedback_is_capped_oldest_dropped_and_counted(
             )
         report = client.get("/ab").json()
     assert report["feedback_pending"] == 5 and report["feedback_dropped"] == 3
-    assert list(app.store.experiment.pending) == [f"id{i}" for i in range(3, 8)]
+    assert list(app.store.experiment.joins.pending) == [f"id{i}" for i in range(3, 8)]
 
 
 # --- API keys on the data routes -------------------------------------------------------------

@@ -177,8 +177,8 @@ def counters(e: Experiment) -> dict[str, Any]:
         "snapshot": e.snapshot(),
         "stats": {n: s.to_json() for n, s in e.stats.items()},
         "shadow": {n: (s.mirrored, s.errors, s.agree) for n, s in e.shadows.items()},
-        "pending": dict(e.pending),
-        "joined": {k: v.get("outcome") for k, v in e.index.items()},
+        "pending": dict(e.joins.pending),
+        "joined": {k: v.get("outcome") for k, v in e.joins.index.items()},
         "msprt": e.msprt,
     }
 
@@ -257,7 +257,8 @@ def test_crashes_at_random_writes_count_every_acknowledged_call_exactly_once(
     assert crashes >= 5
     assert counters(restarted) == counters(reference)
     assert counters(live) == counters(reference)
-    assert restarted.restored is not None and restarted.restored["entries"] > 0
+    restored = restarted.durable.restored if restarted.durable else None
+    assert restored is not None and restored["entries"] > 0
 
 
 def test_a_refused_write_changes_nothing_and_its_retry_is_accepted(tmp_path: Path) -> None:

@@ -12,48 +12,37 @@ and every answered request a router delivered is counted exactly once after any 
 deliver at least once; an id is counted once). A write that storage refuses is refused to the
 caller (StorageError, a 503) with nothing changed, so the retry is safe.
 
-Its parts: what a traffic change may set is `shipyard.ab.traffic`; what is counted per variant
-and shadow is `shipyard.ab.ledger`; the guardrails' thresholds are `shipyard.ab.guardrails`; the
-A/B report and the mSPRT looks are `shipyard.ab.report`; what a snapshot holds is
-`shipyard.ab.durability`. This class decides when to count (ingest, de-duplication, the feedback
-join), owns the traffic table, and journals, snapshots and replays.
+Its parts: what a traffic change may set is `shipyard.ab.traffic`, and how one is saved or undone
+`shipyard.ab.changes`; what is counted per variant and shadow is `shipyard.ab.ledger`; which
+request an outcome belongs to is `shipyard.ab.joins`; the guardrails' thresholds are
+`shipyard.ab.guardrails`; the A/B report and the mSPRT looks are `shipyard.ab.report`; the
+journal and the snapshot are `shipyard.ab.durability`. This class owns the traffic table and
+decides what is counted when (ingest, the feedback join, the replay after a restart).
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import copy
-import json
-import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
+from shipyard.ab import aliases as registry
 from shipyard.ab import durability, guardrails
 from shipyard.ab import report as ab_report
 from shipyard.ab import traffic as rules
+from shipyard.ab.aliases import AliasStore
+from shipyard.ab.changes import Changes
+from shipyard.ab.joins import FeedbackJoin
 from shipyard.ab.ledger import ShadowStats, VariantStats, index_entry, joinable
 from shipyard.ab.routing import Allocation
 from shipyard.config.serving import ServingConfig, TrafficUpdate
-from shipyard.errors import Conflict, InvalidInput, ModelNotFound, StorageError
+from shipyard.errors import Conflict, InvalidInput, ModelNotFound
 from shipyard.events import EventLog
-from shipyard.storage import Journal, StateDir
+from shipyard.storage import StateDir
 
-logger = logging.getLogger(__name__)
-
-FEEDBACK_TTL_S = 600.0
 # What a traffic change touches: copied before, put back if its snapshot cannot be written.
 _TRAFFIC_STATE = ("weights", "shadow", "control", "deploy_hash", "allocation", "epoch", "shadows",
                   "epoch_started", "config_version", "rolled_back", "stats")  # fmt: skip
-
-
-class AliasStore(Protocol):
-    """What the experiment needs of the registry: read and move aliases."""
-
-    def aliases(self, name: str) -> dict[str, int]: ...
-    def set_alias(self, name: str, alias: str, version: int) -> None: ...
-    def delete_alias(self, name: str, alias: str) -> None: ...
 
 
 class Experiment:
@@ -81,23 +70,24 @@ class Experiment:
         self.aliases = aliases
         self.events = events
         self.clock = clock
-        self.max_index = max_index
-        self.snapshot_s = snapshot_s
-        self.compact_entries = compact_entries
-        self.on_snapshot = on_snapshot
         self.identity = rules.content_hash({"model": cfg.model, "versions": self.versions})
         # One folder per set of variants: a new set starts afresh, the old one stays as it was.
-        self.state = (
-            state.child(f"experiment-v{durability.STATE_FORMAT}-{self.identity}") if state else None
-        )
-        self.journal = Journal(self.state.child("journal")) if self.state else None
-        self._outbox: list[tuple[str, dict[str, Any]]] = []  # events sent once a change is saved
+        folder = f"experiment-v{durability.STATE_FORMAT}-{self.identity}"
+        self.durable = (
+            durability.Durable(state.child(folder), clock=clock, snapshot_s=snapshot_s,
+                               compact_entries=compact_entries, keep=max_index,
+                               on_snapshot=on_snapshot)
+            if state else None
+        )  # fmt: skip
+        self.changes = Changes(self, _TRAFFIC_STATE, lambda: self.save(force=True), self._send)
         traffic = cfg.traffic()
         self.weights: dict[str, float] = dict(traffic["weights"])
         self.shadow: dict[str, float] = dict(traffic["shadow"])
         self.control: str = traffic["control"]
         self.deploy_hash = rules.deploy_hash(traffic)
-        self.allocation = Allocation.initial(self._live_weights(), self.control)
+        self.allocation = Allocation.initial(
+            rules.live_weights(self.weights, self.shadow), self.control
+        )
         self.epoch = 0
         self.epoch_started = self.clock()
         self.config_version = 0
@@ -105,22 +95,14 @@ class Experiment:
         self.stats = {v.name: VariantStats() for v in cfg.variants}
         self.shadows = {v.name: ShadowStats() for v in cfg.variants}
         self.msprt: dict[str, dict[str, float | None]] = {}
-        self.index: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self._depth = 0  # nesting of traffic changes (`_change`)
-        self.pending: dict[str, tuple[float, float]] = {}
-        self._unindexed: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.feedback_unmatched = 0
-        self.feedback_dropped = 0  # pending outcomes dropped over limits.max_pending_feedback
+        self.joins = FeedbackJoin(
+            max_index=max_index, max_pending=cfg.limits.max_pending_feedback, clock=clock
+        )
         self.started = self.clock()
-        self._saved = 0.0
-        self.restored: dict[str, int] | None = None  # what the last restart found
-        if self.state is not None:
-            self._restore()
+        if self.durable is not None:
+            self._restore(self.durable)
 
     # --- traffic ------------------------------------------------------------------------------
-    def _live_weights(self) -> dict[str, float]:
-        return rules.live_weights(self.weights, self.shadow)
-
     def snapshot(self) -> dict[str, Any]:
         """What routers need to route: the bucket table, shadow shares, control, versions."""
         return {
@@ -133,59 +115,29 @@ class Experiment:
             "salt": self.cfg.salt,
         }
 
-    @contextlib.contextmanager
-    def _change(self) -> Iterator[None]:
-        """A traffic change is saved at once or undone: on a StorageError (or any error) every
-        field it touched is put back and its events are not sent. Changes nest (a rollback
-        sets traffic); the outermost one saves."""
-        self._depth += 1
-        if self._depth > 1:
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        before = copy.deepcopy({k: getattr(self, k) for k in _TRAFFIC_STATE})
-        try:
-            yield
-            self.save(force=True)
-        except BaseException:
-            for k, v in before.items():
-                setattr(self, k, v)
-            self._outbox.clear()
-            raise
-        finally:
-            self._depth -= 1
-        outbox, self._outbox = self._outbox, []
-        for kind, data in outbox:
-            self._send(kind, data)
-
     def set_traffic(self, update: TrafficUpdate, source: str) -> dict[str, Any]:
-        """Change weights/shadow shares/control; buckets move only through control."""
-        with self._change():
-            return self._set_traffic(update, source)
-
-    def _set_traffic(self, update: TrafficUpdate, source: str) -> dict[str, Any]:
+        """Change weights/shadow shares/control; buckets move only through control. A change of
+        the live split (weights or control) starts a new epoch of the statistics."""
         weights, shadow, control = rules.resolve(update, self.weights, self.shadow, self.control)
-        live = rules.live_weights(weights, shadow)
-        if weights == self.weights and shadow == self.shadow and control == self.control:
-            return self.snapshot()
+        new = {"weights": weights, "shadow": shadow, "control": control}
         old = {"weights": dict(self.weights), "shadow": dict(self.shadow), "control": self.control}
-        split_changed = weights != self.weights or control != self.control
-        self.allocation = self.allocation.rebalance(live, control)
-        self.weights, self.shadow, self.control = weights, shadow, control
-        for n, w in weights.items():
-            if w > 0:
-                self.rolled_back.pop(n, None)
-        if split_changed:
-            self._new_epoch()
-        self.config_version += 1
-        self._emit(
-            "traffic_changed",
-            source=source,
-            old=old,
-            new={"weights": weights, "shadow": shadow, "control": control},
-        )
+        if new == old:
+            return self.snapshot()
+        with self.changes():
+            self.allocation = self.allocation.rebalance(
+                rules.live_weights(weights, shadow), control
+            )
+            self.weights, self.shadow, self.control = weights, shadow, control
+            for n, w in weights.items():
+                if w > 0:
+                    self.rolled_back.pop(n, None)
+            if weights != old["weights"] or control != old["control"]:
+                self.epoch += 1
+                self.epoch_started = self.clock()
+                for st in self.stats.values():
+                    st.new_epoch()
+            self.config_version += 1
+            self.changes.emit("traffic_changed", source=source, old=old, new=new)
         return self.snapshot()
 
     def apply_deploy(self, traffic: dict[str, Any]) -> bool:
@@ -197,16 +149,10 @@ class Experiment:
         h = rules.deploy_hash(traffic)
         if h == self.deploy_hash:
             return False
-        with self._change():
+        with self.changes():
             self.set_traffic(TrafficUpdate.model_validate(traffic), source="serve deploy")
             self.deploy_hash = h
         return True
-
-    def _new_epoch(self) -> None:
-        self.epoch += 1
-        self.epoch_started = self.clock()
-        for st in self.stats.values():
-            st.new_epoch()
 
     def rollback(self, name: str, reason: str, source: str) -> dict[str, Any]:
         """Take a treatment out of live traffic; its `challenger` alias goes with it."""
@@ -215,11 +161,12 @@ class Experiment:
             raise Conflict(f"variant {name!r} is the control; promote another variant instead")
         if self.weights.get(name, 0) <= 0:
             raise Conflict(f"variant {name!r} takes no live traffic; nothing to roll back")
-        self._move_alias_off(name, "challenger")
-        with self._change():
+        if self.aliases is not None:  # registry first: if it fails, traffic is untouched
+            registry.drop(self.aliases, self.cfg.model, "challenger", self.versions[name])
+        with self.changes():
             self.set_traffic(TrafficUpdate(weights={name: 0.0}), source=source)
             self.rolled_back[name] = reason
-            self._emit(
+            self.changes.emit(
                 "canary_rolled_back", variant=name, version=self.versions[name], reason=reason
             )
         return self.snapshot()
@@ -227,31 +174,18 @@ class Experiment:
     def promote(self, name: str, source: str) -> dict[str, Any]:
         """All live traffic to `name`, which becomes control and the registry's champion."""
         self._check_variant(name)
-        if name == self.control and self._live_weights().get(name, 0) == sum(
-            self._live_weights().values()
-        ):
+        live = rules.live_weights(self.weights, self.shadow)
+        if name == self.control and live.get(name, 0) == sum(live.values()):
             raise Conflict(f"variant {name!r} is already the control with all live traffic")
         version = self.versions[name]
         if self.aliases is not None:  # registry first: if it fails, traffic is untouched
-            current = self.aliases.aliases(self.cfg.model)
-            previous = current.get("champion")
-            self.aliases.set_alias(self.cfg.model, "champion", version)
-            if previous is not None and previous != version:
-                self.aliases.set_alias(self.cfg.model, "previous_champion", previous)
-            if current.get("challenger") == version:
-                self.aliases.delete_alias(self.cfg.model, "challenger")
+            registry.crown(self.aliases, self.cfg.model, version)
         weights = {n: (100.0 if n == name else 0.0) for n in self.weights}
         shadow = {n: 0.0 for n in self.shadow if n == name}
-        with self._change():
+        with self.changes():
             self.set_traffic(TrafficUpdate(weights=weights, shadow=shadow, control=name), source)
-            self._emit("traffic_promoted", variant=name, version=version, source=source)
+            self.changes.emit("traffic_promoted", variant=name, version=version, source=source)
         return self.snapshot()
-
-    def _move_alias_off(self, name: str, alias: str) -> None:
-        if self.aliases is None:
-            return
-        if self.aliases.aliases(self.cfg.model).get(alias) == self.versions[name]:
-            self.aliases.delete_alias(self.cfg.model, alias)
 
     def _check_variant(self, name: str) -> None:
         if name not in self.weights:
@@ -265,16 +199,13 @@ class Experiment:
         StorageError tells the router to send the batch again. Routers deliver at least once (a
         flush that timed out is sent again); a request id is counted once.
         """
-        fresh = [r for r in records if "id" not in r or not self._seen(r["id"])]
-        if fresh:
-            self._journal({"kind": "ingest", "rows": fresh})
+        fresh = [r for r in records if "id" not in r or not self.joins.seen(r["id"])]
+        if fresh and self.durable is not None:
+            self.durable.append({"kind": "ingest", "rows": fresh})
         self._apply_ingest(fresh, count=True)
         actions = self.check_guardrails()
         self.save()
         return actions
-
-    def _seen(self, request_id: str) -> bool:
-        return request_id in self.index or request_id in self._unindexed
 
     def _apply_ingest(self, rows: list[dict[str, Any]], count: bool) -> None:
         """`count=False`: only the join index (entries a snapshot already counted)."""
@@ -282,35 +213,26 @@ class Experiment:
             kind = r.get("t")
             if kind == "req":
                 self._ingest_request(r, count)
-            elif kind == "shadow" and not ("id" in r and self._seen(r["id"])):
+            elif kind == "shadow" and not ("id" in r and self.joins.seen(r["id"])):
                 shadow = self.shadows.get(r["variant"])
                 if count and shadow is not None:
                     shadow.count(r)
                 if "id" in r:
-                    self._remember(r["id"])
+                    self.joins.remember(r["id"])
 
     def _ingest_request(self, r: dict[str, Any], count: bool) -> None:
         st = self.stats.get(r["variant"])
         rid = r["id"]
-        if st is None or self._seen(rid):
+        if st is None or self.joins.seen(rid):
             return
         if count:
             st.count(r)
         if not joinable(r):  # not joinable, but remembered for de-duplication
-            self._remember(rid)
+            self.joins.remember(rid)
             return
-        self.index[rid] = index_entry({**r, "ts": r.get("ts", self.clock())})
-        while len(self.index) > self.max_index:
-            self.index.popitem(last=False)
-        if rid in self.pending:
-            outcome, _ = self.pending.pop(rid)
-            self._join(rid, outcome, count)
-
-    def _remember(self, row_id: str) -> None:
-        """An id counted but not joinable (a failed request, a shadow answer)."""
-        self._unindexed[row_id] = None
-        while len(self._unindexed) > self.max_index:
-            self._unindexed.popitem(last=False)
+        held = self.joins.add(rid, index_entry({**r, "ts": r.get("ts", self.clock())}))
+        if held is not None:
+            self._join(rid, held, count)
 
     # --- feedback -----------------------------------------------------------------------------
     def feedback(self, request_id: str, outcome: float) -> dict[str, Any]:
@@ -321,23 +243,21 @@ class Experiment:
                 f"outcome: {outcome!r} is not a conversion; ab.metric is 'conversion', so "
                 "outcome must be 0, 1, true or false"
             )
-        entry = self.index.get(request_id)
-        if request_id in self.pending or (entry is not None and "outcome" in entry):
+        if self.joins.has_outcome(request_id):
             raise Conflict(f"request_id {request_id!r} already has an outcome")
         ts = self.clock()
-        self._journal({"kind": "feedback", "id": request_id, "outcome": float(outcome), "ts": ts})
+        if self.durable is not None:
+            self.durable.append(
+                {"kind": "feedback", "id": request_id, "outcome": float(outcome), "ts": ts}
+            )
         answer = self._apply_feedback(request_id, float(outcome), ts)
         self.save()
         return answer
 
     def _apply_feedback(self, request_id: str, outcome: float, ts: float) -> dict[str, Any]:
-        entry = self.index.get(request_id)
+        entry = self.joins.index.get(request_id)
         if entry is None:
-            self._expire_pending()
-            self.pending[request_id] = (outcome, ts)
-            while len(self.pending) > self.cfg.limits.max_pending_feedback:
-                del self.pending[next(iter(self.pending))]  # the oldest
-                self.feedback_dropped += 1
+            self.joins.hold(request_id, outcome, ts)
             return {"request_id": request_id, "joined": False, "status": "pending"}
         if "outcome" not in entry:
             self._join(request_id, outcome, count=True)
@@ -351,20 +271,12 @@ class Experiment:
         }
 
     def _join(self, request_id: str, outcome: float, count: bool) -> None:
-        entry = self.index[request_id]
-        entry["outcome"] = outcome
-        if entry["ab"] and count:
+        entry = self.joins.join(request_id, outcome)
+        if entry is not None and entry["ab"] and count:
             st = self.stats[entry["variant"]]
             st.outcomes.push(outcome)
             st.keyed.push(entry.get("key"), outcome)
             ab_report.look(self)
-
-    def _expire_pending(self) -> None:
-        cutoff = self.clock() - FEEDBACK_TTL_S
-        stale = [k for k, (_, ts) in self.pending.items() if ts < cutoff]
-        for k in stale:
-            del self.pending[k]
-        self.feedback_unmatched += len(stale)
 
     # --- statistics ---------------------------------------------------------------------------
     def check_guardrails(self) -> list[dict[str, Any]]:
@@ -390,59 +302,24 @@ class Experiment:
         return ab_report.report(self)
 
     # --- persistence --------------------------------------------------------------------------
-    def _emit(self, kind: str, **data: Any) -> None:
-        """Events of a traffic change are sent once it is saved (`_change`)."""
-        if self._depth:
-            self._outbox.append((kind, data))
-        else:
-            self._send(kind, data)
-
     def _send(self, kind: str, data: dict[str, Any]) -> None:
         if self.events is not None:
             self.events.emit(kind, model=self.cfg.model, **data)
 
-    def _journal(self, entry: dict[str, Any]) -> None:
-        if self.journal is not None:
-            self.journal.append(entry)
-
     def save(self, force: bool = False) -> None:
-        """Write a snapshot stamped with the journal entry it covers (at most every
-        `snapshot_s` unless forced), then merge the entries it covers. A forced save (a traffic
-        change) raises StorageError if storage refuses; a periodic one only logs it, since the
-        journal already holds everything since the last snapshot."""
-        if self.state is None or self.journal is None:
-            return
-        if not force and self.clock() - self._saved < self.snapshot_s:
-            return
-        seq = self.journal.seq
-        try:
-            self.state.write("snapshot.json", json.dumps({**durability.state_of(self), "seq": seq}))
-        except StorageError as err:
-            if force:
-                raise
-            logger.warning("snapshot not written (the journal holds what came since): %s", err)
-            return
-        self._saved = self.clock()
-        if self.on_snapshot is not None:
-            self.on_snapshot(seq)
-        if self.journal.pending >= self.compact_entries:
-            try:
-                self.journal.compact(durability.entry_weight)  # the snapshot covers every entry
-                self.journal.trim(self.max_index)
-            except StorageError as err:
-                logger.warning("journal not compacted (retried after the next snapshot): %s", err)
+        """Snapshot the split and the statistics (`durability.Durable.save`): at most every
+        `snapshot_s`, or at once when forced (StorageError then refuses the change)."""
+        if self.durable is not None:
+            self.durable.save(lambda: durability.state_of(self), force)
 
-    def _restore(self) -> None:
+    def _restore(self, durable: durability.Durable) -> None:
         """Newest snapshot + the journal: entries it covers rebuild the join index only; the
         entries after it are applied as they were the first time."""
-        assert self.state is not None and self.journal is not None
-        raw = self.state.read("snapshot.json")
-        entries = self.journal.load(durability.entry_weight)
+        snapshot, entries = durable.load()
         covered = 0
-        if raw is not None:
-            state = json.loads(raw)
-            durability.load_state(self, state)
-            covered = int(state["seq"])
+        if snapshot is not None:
+            durability.load_state(self, snapshot)
+            covered = int(snapshot["seq"])
         replayed = 0
         for e in entries:
             count = int(e["seq"]) > covered
@@ -451,23 +328,13 @@ class Experiment:
                 self._apply_ingest(e["rows"], count)
             elif count:
                 self._apply_feedback(e["id"], float(e["outcome"]), float(e["ts"]))
-            elif e["id"] in self.index:
-                self.index[e["id"]]["outcome"] = float(e["outcome"])
-        self.journal.seq = max(self.journal.seq, covered)
-        self.restored = {"snapshot_seq": covered, "replayed": replayed, "entries": len(entries)}
-        if raw is not None or entries:
-            logger.info("experiment restored from %s: %s", self.state, self.restored)
+            else:
+                self.joins.join(e["id"], float(e["outcome"]))
+        durable.resumed(snapshot, replayed, len(entries))
         if replayed:
             self.check_guardrails()
             self.save(force=True)
 
     def storage_report(self) -> dict[str, Any] | None:
         """Where the state is and how far it has been written (GET /ab -> store)."""
-        if self.state is None or self.journal is None:
-            return None
-        return {
-            "state_uri": self.state.uri,
-            "journal_seq": self.journal.seq,
-            "journal_unmerged": self.journal.pending,
-            "restored": self.restored,
-        }
+        return self.durable.report() if self.durable is not None else None

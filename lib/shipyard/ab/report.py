@@ -100,9 +100,9 @@ def report(exp: ExperimentState) -> dict[str, Any]:
         "variants": variants,
         "comparisons": comparisons,
         "srm": srm,
-        "feedback_pending": len(exp.pending),
-        "feedback_unmatched": exp.feedback_unmatched,
-        "feedback_dropped": exp.feedback_dropped,
+        "feedback_pending": len(exp.joins.pending),
+        "feedback_unmatched": exp.joins.unmatched,
+        "feedback_dropped": exp.joins.dropped,
         "store": exp.storage_report(),
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from shipyard.ab.joins import FeedbackJoin
 from shipyard.ab.ledger import ShadowStats, VariantStats
 from shipyard.ab.routing import Allocation
 from shipyard.config.serving import ServingConfig
@@ -28,9 +29,7 @@ class ExperimentState(Protocol):
     stats: dict[str, VariantStats]
     shadows: dict[str, ShadowStats]
     msprt: dict[str, dict[str, float | None]]
-    pending: dict[str, tuple[float, float]]
-    feedback_unmatched: int
-    feedback_dropped: int
+    joins: FeedbackJoin  # the feedback join: outcomes held, unmatched, dropped
     started: float
 
     def storage_report(self) -> dict[str, Any] | None: ...

@@ -1,6 +1,6 @@
 """The traffic table's rules: what a change may set (weights, shadow shares, control), which
 variants are live, and the hash that tells one deployed user_config from another. How a change
-is applied, saved and undone is the experiment's (`Experiment.set_traffic`)."""
+is applied is the experiment's (`Experiment.set_traffic`), how it is saved or undone `changes`."""
 
 from __future__ import annotations
 
