@@ -15,6 +15,9 @@ from serving.store_client import StoreClient
 from shipyard.config.serving import TrafficUpdate
 from shipyard.errors import InvalidField, NotFound
 
+# The answer of every /retrain route while retraining is off: the same 404 as an unknown id.
+RETRAINING_OFF = "retraining is off (on_drift: alert); no retraining request exists"
+
 
 class Admin:
     def __init__(
@@ -48,7 +51,7 @@ class Admin:
         if action not in ("approve", "reject"):
             raise NotFound(f"unknown action {action!r}; accepted: approve, reject")
         if self.retrain is None:
-            raise NotFound("retraining is off (on_drift: alert)")
+            raise NotFound(RETRAINING_OFF)
         decision = body or Decision()
         if action == "approve":
             answer = await awaited(self.retrain.approve.remote(request_id, decision.by))

@@ -1,6 +1,8 @@
 """The monitoring routes: the live variants and their health, drift verdicts per variant, a
-variant's drift report (HTML), and the retraining requests. Each asks an actor with a deadline; one that does not answer is reported
-unavailable (503 for the one the request is about), never a 500."""
+variant's drift report (HTML), and the retraining requests. Each asks an actor with a deadline;
+one that does not answer is reported unavailable in a listing, and a route none of whose actors
+answers (or whose one actor does not) is a 503, never a 500 nor a 200 that hides the failure. A
+route whose feature is off is a 404 that says so."""
 
 # No `from __future__ import annotations`: FastAPI resolves route signatures at runtime.
 
@@ -12,6 +14,7 @@ from typing import Any
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 
+from serving.admin import RETRAINING_OFF
 from serving.calls import within
 from serving.pool import VariantPool
 from shipyard.ab.routing import Allocation
@@ -104,6 +107,11 @@ class MonitorRoutes:
             *[within(self.drifts[n].status.remote(), probe, "drift actor") for n in names],
             return_exceptions=True,
         )
+        if all(isinstance(a, BaseException) for a in answers):
+            raise Unavailable(
+                f"no drift actor answered within limits.probe_timeout_s={probe} s (restarting?); "
+                "retry shortly"
+            )
         out: dict[str, Any] = {}
         for name, answer in zip(names, answers, strict=True):
             if isinstance(answer, BaseException):
@@ -132,6 +140,6 @@ class MonitorRoutes:
     async def retrain_requests(self) -> JSONResponse:
         """Retraining requests (newest first) and the policy they follow."""
         if self.retrain is None:
-            return JSONResponse({"model": self.cfg.model, "on_drift": "alert", "requests": []})
+            raise NotFound(RETRAINING_OFF)
         probe = self.cfg.limits.probe_timeout_s
         return JSONResponse(await within(self.retrain.report.remote(), probe, "retrainer"))

@@ -366,7 +366,10 @@ class Router:
         return JSONResponse(report)
 
     async def healthz(self) -> dict[str, Any]:
-        return {"ok": self.allocation is not None, "model": self.cfg.model}
+        """200 once the router can route; 503 (load balancers take it out) until then."""
+        if self.allocation is None:
+            raise Unavailable("the router has no traffic table yet; retry shortly")
+        return {"ok": True, "model": self.cfg.model}
 
 
 class ServeRouter(Router):

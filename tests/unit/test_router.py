@@ -78,20 +78,25 @@ class Aliases:
         self.table.pop(alias, None)
 
 
-@pytest.fixture
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("SHIPYARD_ADMIN_TOKEN", TOKEN)
+def router_over(tmp: Path, drifts: dict[str, Any] | None = None) -> Router:
     cfg = ServingConfig.model_validate(
-        {"model": "m", "limits": {"max_body_bytes": 2048, "max_instances": 5},
+        {"model": "m", "limits": {"max_body_bytes": 2048, "max_instances": 5, "probe_timeout_s": 0.2},
          "variants": [{"name": "control", "version": 1, "weight": 50},
                       {"name": "treatment", "version": 2, "weight": 50}]}
     )  # fmt: skip
     versions = {"control": 1, "treatment": 2}
-    app = AppSettings(config=cfg, versions=versions, state_uri=str(tmp_path), review_dir=str(tmp_path),
-                      events_path=str(tmp_path / "events.jsonl"))  # fmt: skip
+    app = AppSettings(config=cfg, versions=versions, state_uri=str(tmp), review_dir=str(tmp),
+                      events_path=str(tmp / "events.jsonl"))  # fmt: skip
     store = ExperimentStore(app, aliases=Aliases())
     models = {name: Handle(Model(name)) for name in versions}
-    router = Router(app, models, Handle(store))
+    return Router(app, models, Handle(store), drifts=drifts)
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("SHIPYARD_ADMIN_TOKEN", TOKEN)
+    router = router_over(tmp_path)
+    cfg = router.cfg
     with TestClient(router.build_app()) as c:
         asyncio.run(router.reconfigure(cfg.traffic()))  # what Serve does with user_config
         for task in router._tasks:  # the loops belong to that (finished) event loop
@@ -166,6 +171,40 @@ def test_admin_routes_need_the_token(client: TestClient) -> None:
     assert unknown.status_code == 400 and "nope" in unknown.json()["error"]
     missing = client.post("/variants/nope/promote", headers=ADMIN)
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
+
+
+class SilentDrift:
+    """A drift actor that does not answer within the probe (restarting, or its node lost)."""
+
+    async def status(self) -> dict[str, Any]:
+        await asyncio.sleep(30)
+        return {}
+
+
+def test_a_route_that_fails_answers_with_the_status_of_the_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never a 200 that hides a failure: a router with no traffic table yet is not healthy (503),
+    a drift listing no actor answers is a 503, and while retraining is off every /retrain route
+    answers the 404 an unknown request id gets, saying why."""
+    monkeypatch.setenv("SHIPYARD_ADMIN_TOKEN", TOKEN)
+    router = router_over(
+        tmp_path, drifts={n: Handle(SilentDrift()) for n in ("control", "treatment")}
+    )
+    with TestClient(router.build_app()) as c:
+        waiting = c.get("/healthz")
+        assert waiting.status_code == 503 and "traffic table" in waiting.json()["error"]
+        asyncio.run(router.reconfigure(router.cfg.traffic()))
+        for task in router._tasks:
+            task.cancel()
+        assert c.get("/healthz").json() == {"ok": True, "model": "m"}
+        silent = c.get("/drift")
+        assert silent.status_code == 503 and "probe_timeout_s" in silent.json()["error"]
+        for method, path in (("GET", "/retrain"), ("POST", "/retrain/3f9c2a1b/approve")):
+            off = c.request(method, path, json={"by": "me"}, headers=ADMIN)
+            assert off.status_code == 404 and "retraining is off" in off.json()["error"], path
+        odd = c.post("/retrain/3f9c2a1b/frobnicate", json={}, headers=ADMIN)
+        assert odd.status_code == 404 and "approve, reject" in odd.json()["error"]
 
 
 def test_openapi_describes_every_request_body(client: TestClient) -> None:
