@@ -1,6 +1,8 @@
 """The config references in docs/ are the ones the code generates (docs cannot drift from code),
-and the README is a front page that links to them."""
+the benchmark tables and the README's ratios are the ones the latest results give, and the README
+is a front page that links to them."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,12 +31,26 @@ README = REPO / "README.md"
     ],
 )
 def test_config_reference_is_current(doc: str, block: str, model: type, prefix: str) -> None:
-    text = (REPO / "docs" / doc).read_text()
-    start = text.index(f"<!-- {block}:start -->") + len(f"<!-- {block}:start -->")
-    end = text.index(f"<!-- {block}:end -->")
-    assert text[start:end].strip() == reference_markdown(model, prefix).strip(), (
+    assert generated(REPO / "docs" / doc, block) == reference_markdown(model, prefix).strip(), (
         f"docs/{doc} {block} is stale: run `make docs`"
     )
+
+
+def generated(path: Path, block: str) -> str:
+    text = path.read_text()
+    start = text.index(f"<!-- {block}:start -->") + len(f"<!-- {block}:start -->")
+    return text[start : text.index(f"<!-- {block}:end -->")].strip()
+
+
+def test_benchmark_tables_and_the_readme_ratios_are_the_latest_results() -> None:
+    from benchmarks.docs import RESULTS, TABLES, ratios
+
+    results = {n: json.loads((RESULTS / f"{n}.json").read_text()) for n in TABLES}
+    table = ratios(results)
+    assert generated(README, "bench-ratios") == table, "README ratios are stale: run `make docs`"
+    assert len(table.splitlines()) >= 2 + len(TABLES)  # a header, then a row per result at least
+    tables = "\n".join((RESULTS / f"{n}.md").read_text() for n in TABLES).strip()
+    assert generated(REPO / "docs" / "benchmarks.md", "bench") == tables, "run `make docs`"
 
 
 def test_readme_shows_the_two_commands() -> None:
@@ -50,4 +66,4 @@ def test_the_readme_is_a_front_page_whose_links_resolve() -> None:
     assert "How it fits together" in first_screen and "make demo" in first_screen
     links = re.findall(r"\]\((docs/[^)#]+)", text)
     assert links and all((REPO / link).is_file() for link in links), links
-    assert len(text.splitlines()) < 400  # the rest lives in docs/
+    assert len(text.splitlines()) <= 250  # a front page: the rest lives in docs/
