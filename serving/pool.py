@@ -2,10 +2,12 @@
 and which variants are out of routing because their bundle did not load.
 
 A variant's timeout is an UpstreamTimeout (504); a failure the variant caused is Unavailable
-(503); the variant's own typed errors (a record it refused) pass through. The health check asks
-every variant whether it has loaded: one that says no is out of routing (with its reason) until
-it says yes; one that does not answer in time keeps its place (Serve restarts dead replicas, and
-a busy one is not a broken one).
+(503); the variant's own typed errors (a record it refused) pass through. A treatment that
+control could stand in for is given up on sooner (limits.fallback_after_s: Unresponsive) and
+leaves routing. The health check asks every variant whether it has loaded: one that says no, or
+that was given up on, is out of routing (with its reason) until it answers that it has; one that
+does not answer the probe in time keeps its state (Serve restarts dead replicas, and a busy one
+is not a broken one).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from serving.calls import within
 from shipyard.config.serving import Limits
-from shipyard.errors import ShipyardError, Unavailable, UpstreamTimeout
+from shipyard.errors import ShipyardError, Unavailable, Unresponsive, UpstreamTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +33,23 @@ class VariantPool:
     def __contains__(self, name: object) -> bool:
         return name in self.handles
 
-    async def predict(self, variant: str, instances: list[Any]) -> dict[str, Any]:
-        out: dict[str, Any] = await self._call(
-            variant, lambda: self.handles[variant].predict.remote(instances)
-        )
+    async def predict(
+        self, variant: str, instances: list[Any], fallback: bool = False
+    ) -> dict[str, Any]:
+        """`fallback`: another variant (control) can answer instead, so give up after
+        limits.fallback_after_s (Unresponsive) and take this one out of routing until it
+        answers the health probe: a variant on a lost node stops costing requests at once."""
+        call = lambda: self.handles[variant].predict.remote(instances)  # noqa: E731
+        if not fallback:
+            out: dict[str, Any] = await self._call(variant, call)
+            return out
+        try:
+            out = await self._call(variant, call, self.limits.fallback_after_s, Unresponsive)
+        except Unresponsive as err:
+            if variant not in self.down:
+                self.down[variant] = f"{err.message}: out of routing until it answers"
+                logger.warning("variant %s: %s", variant, self.down[variant])
+            raise
         return out
 
     async def explain(self, variant: str, record: Any) -> dict[str, Any]:
@@ -69,10 +84,16 @@ class VariantPool:
                 self.down[name] = f"variant {name!r} has not loaded: {info.get('error')}"
                 logger.warning("%s: out of routing", self.down[name])
 
-    async def _call(self, variant: str, call: Callable[[], Any]) -> Any:
+    async def _call(
+        self,
+        variant: str,
+        call: Callable[[], Any],
+        deadline_s: float | None = None,
+        late: type[ShipyardError] = UpstreamTimeout,
+    ) -> Any:
+        timeout = min(deadline_s or self.limits.timeout_s, self.limits.timeout_s)
         try:
-            what = f"model of variant {variant!r}"
-            return await within(call(), self.limits.timeout_s, what, UpstreamTimeout)
+            return await within(call(), timeout, f"model of variant {variant!r}", late)
         except ShipyardError:
             raise
         except Exception as err:

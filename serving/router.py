@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Header
@@ -131,8 +132,8 @@ class Router:
             loop = asyncio.get_running_loop()
             self._tasks = [
                 loop.create_task(self.records.run()),
-                loop.create_task(self._poll_loop()),
-                loop.create_task(self._health_loop()),
+                loop.create_task(self._every(POLL_INTERVAL_S, self.check_store)),
+                loop.create_task(self._every(HEALTH_INTERVAL_S, self.check_health)),
             ]
 
     async def stop(self) -> None:
@@ -156,10 +157,11 @@ class Router:
     async def _refresh(self) -> None:
         self._apply(await self.store.snapshot())
 
-    async def _poll_loop(self) -> None:
+    @staticmethod
+    async def _every(interval_s: float, check: Callable[[], Awaitable[None]]) -> None:
         while True:
-            await asyncio.sleep(POLL_INTERVAL_S)
-            await self.check_store()
+            await check()
+            await asyncio.sleep(interval_s)
 
     async def check_store(self) -> None:
         """The store's probe (`StoreClient.check`): a changed table is applied; a store that does
@@ -167,11 +169,6 @@ class Router:
         changed = await self.store.check(self.snapshot.get("config_version"))
         if changed is not None:
             self._apply(changed)
-
-    async def _health_loop(self) -> None:
-        while True:
-            await self.check_health()
-            await asyncio.sleep(HEALTH_INTERVAL_S)
 
     async def check_health(self) -> None:
         """Variants that say they have not loaded go out of routing (`VariantPool`); capture
@@ -220,12 +217,12 @@ class Router:
         decided here, and only a variant's own failure counts against it:
 
         - a record the variant refuses (4xx) is the client's mistake: counted as rejected;
-        - a treatment that fails (5xx) is asked nothing more; control answers the same records.
-          If control answers, the failure was the treatment's (counted; the client gets
-          control's answer). If control fails too, the records fail every model: counted as an
-          input failure, against no variant, and the client gets control's error;
-        - a variant that has not loaded its bundle is out of routing: control answers its keys
-          and they are counted as rerouted.
+        - a treatment that fails (5xx), or has not answered within limits.fallback_after_s (its
+          node lost: it leaves routing), is asked nothing more; control answers the records. If
+          control answers, the failure was the treatment's (counted; the client gets control's
+          answer). If control fails too, the records fail every model: an input failure;
+        - a variant out of routing (its bundle did not load, or it was given up on): control
+          answers its keys and they are counted as rerouted.
         """
         t0 = time.perf_counter()
         instances = self._instances(body)
@@ -242,8 +239,8 @@ class Router:
             try:
                 if fallback and variant in self.pool.down:
                     raise NotLoaded(self.pool.down[variant])
-                out = await self.pool.predict(variant, instances)
-            except Unavailable as err:  # NotLoaded included
+                out = await self.pool.predict(variant, instances, fallback)
+            except Unavailable as err:  # NotLoaded and Unresponsive included
                 if not fallback:
                     self._count(record, status_of(err), t0)
                     raise self._tag(err, variant, rid) from None

@@ -93,6 +93,12 @@ class NotLoaded(Unavailable):
     message says why. The router takes the variant out of routing until it loads."""
 
 
+class Unresponsive(Unavailable):
+    """A treatment did not answer within `limits.fallback_after_s` (its node lost, its replica
+    hung): control answers the request, and the variant leaves routing until it answers the
+    router's health probe again."""
+
+
 class UpstreamTimeout(ShipyardError):
     """A variant did not answer within `limits.timeout_s`."""
 

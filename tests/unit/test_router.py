@@ -78,9 +78,12 @@ class Aliases:
         self.table.pop(alias, None)
 
 
-def router_over(tmp: Path, drifts: dict[str, Any] | None = None) -> Router:
+def router_over(
+    tmp: Path, drifts: dict[str, Any] | None = None, treatment: Model | None = None
+) -> Router:
     cfg = ServingConfig.model_validate(
-        {"model": "m", "limits": {"max_body_bytes": 2048, "max_instances": 5, "probe_timeout_s": 0.2},
+        {"model": "m", "limits": {"max_body_bytes": 2048, "max_instances": 5, "probe_timeout_s": 0.2,
+                                  "fallback_after_s": 0.3},
          "variants": [{"name": "control", "version": 1, "weight": 50},
                       {"name": "treatment", "version": 2, "weight": 50}]}
     )  # fmt: skip
@@ -88,7 +91,10 @@ def router_over(tmp: Path, drifts: dict[str, Any] | None = None) -> Router:
     app = AppSettings(config=cfg, versions=versions, state_uri=str(tmp), review_dir=str(tmp),
                       events_path=str(tmp / "events.jsonl"))  # fmt: skip
     store = ExperimentStore(app, aliases=Aliases())
-    models = {name: Handle(Model(name)) for name in versions}
+    models = {
+        "control": Handle(Model("control")),
+        "treatment": Handle(treatment or Model("treatment")),
+    }
     return Router(app, models, Handle(store), drifts=drifts)
 
 
@@ -171,6 +177,60 @@ def test_admin_routes_need_the_token(client: TestClient) -> None:
     assert unknown.status_code == 400 and "nope" in unknown.json()["error"]
     missing = client.post("/variants/nope/promote", headers=ADMIN)
     assert missing.status_code == 404 and "nope" in missing.json()["error"]
+
+
+class Hung(Model):
+    """A variant on a node that stopped answering: calls wait until Ray declares it dead."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.hung = True
+
+    async def predict(self, instances: list[dict[str, Any]]) -> dict[str, Any]:  # type: ignore[override]
+        while self.hung:
+            await asyncio.sleep(0.05)
+        return super().predict(instances)
+
+    async def info(self) -> dict[str, Any]:  # type: ignore[override]
+        while self.hung:
+            await asyncio.sleep(0.05)
+        return super().info()
+
+
+def test_a_treatment_that_stops_answering_costs_no_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past limits.fallback_after_s (0.3 s here, not timeout_s's 10 s) control answers, the
+    request counts as the treatment's failure, and the treatment leaves routing (its keys go to
+    control, counted as rerouted) until it answers the health probe again."""
+    monkeypatch.setenv("SHIPYARD_ADMIN_TOKEN", TOKEN)
+    treatment = Hung("treatment")
+    router = router_over(tmp_path, treatment=treatment)
+    with TestClient(router.build_app()) as c:
+        asyncio.run(router.reconfigure(router.cfg.traffic()))
+        for task in router._tasks:
+            task.cancel()
+        answers = [
+            c.post("/predict", json={"instance": {"x": 4}, "key": f"user-{i}"}) for i in range(12)
+        ]
+        assert [r.status_code for r in answers] == [200] * 12
+        bodies = [r.json() for r in answers]
+        assert all(b["variant"] == "control" for b in bodies)
+        given_up = [b for b in bodies if b.get("routed_to") == "treatment"]
+        assert given_up, "no key was routed to the treatment"
+        listed = {v["variant"]: v for v in c.get("/variants").json()["variants"]}
+        assert listed["treatment"]["routed"] is False
+        c.portal.call(router.records.flush)  # type: ignore[union-attr]
+        ab = c.get("/ab").json()["variants"]["treatment"]
+        assert ab["errors"] == 1 and ab["rerouted"] == len(given_up) - 1  # given up on once
+        treatment.hung = False
+        c.portal.call(router.check_health)  # type: ignore[union-attr]
+        assert c.get("/variants").json()["variants"][1]["routed"] is True
+        back = [
+            c.post("/predict", json={"instance": {"x": 4}, "key": f"user-{i}"}).json()
+            for i in range(12)
+        ]
+        assert {b["variant"] for b in back} == {"control", "treatment"}
 
 
 class SilentDrift:

@@ -148,6 +148,14 @@ class Limits(Strict):
         1000, description="Most records in one /predict request (HTTP 413 above)."
     )
     timeout_s: PositiveFloat = Field(10.0, description="Per-request model timeout (HTTP 504).")
+    fallback_after_s: PositiveFloat = Field(
+        5.0,
+        description="A treatment that has not answered a request within this (its node lost, "
+        "its replica hung) is given up on: control answers, the request counts as the "
+        "treatment's failure, and the treatment leaves routing until it answers the router's "
+        "health probe. Ray takes 10-15 s to declare a lost node dead; this does not wait for it. "
+        "Capped at timeout_s.",
+    )
     probe_timeout_s: PositiveFloat = Field(
         2.0,
         description="How long the router waits for the experiment store's or a drift actor's "
