@@ -44,14 +44,16 @@ def acluster(home: Path, job_env: dict[str, str]) -> Iterator[AutoscalingLocalCl
         yield c
 
 
-def wait_for(what: str, fn: Any, timeout_s: float, every_s: float = 0.5) -> Any:
+def wait_for(what: str, fn: Any, timeout_s: float, every_s: float = 0.5, seen: Any = None) -> Any:
+    """`seen()`: what to show when it times out (the state the wait was watching)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = fn()
         if value:
             return value
         time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    shown = f"; seen: {seen()}" if seen is not None else ""
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{shown}")
 
 
 def live_actor(cluster: AutoscalingLocalCluster, class_name: str) -> tuple[str, int]:
@@ -259,10 +261,14 @@ def test_tuning_survives_a_lost_node_and_a_killed_driver(
             "a checkpointed trial after the resume",
             lambda: running_trial(study, ROUNDS, since=resumed_at), 300,
         )  # fmt: skip
-        preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
+        killed = preempt(acluster.gcs_address, acluster.proc.pid, victim, notice_s=1)  # type: ignore[union-attr]
         wait_for(
             "the trial continuing from its checkpoint on another node",
             lambda: continued_elsewhere(study, trial, victim), 240,
+            seen=lambda: {"trial": trial, "lost node": victim, "pids killed": killed,
+                          "workers": worker_nodes(acluster.gcs_address),
+                          "newest checkpoints": {d.name[:17]: newest_checkpoint(d)
+                                                 for d in sorted(study.glob("*/"))}},
         )  # fmt: skip
     finally:
         resumed = second.finish(timeout=600)
