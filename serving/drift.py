@@ -10,6 +10,11 @@ counted.
 wraps `shipyard.monitoring.drift.DriftMonitor` against the version's registered reference profile, saves
 its state every `checkpoint_s` and at every window (atomically) and resumes from it on restart,
 writes drift_started / drift_resolved events (event log, webhook) and exports Prometheus gauges.
+
+What a restart loses is counted, not hidden: every batch says how many rows its replica had
+delivered before it, and the actor's saved state says how many of each replica's rows it holds;
+rows delivered to an actor that died before saving them are `rows_lost` in `/drift` (rows a
+replica could not deliver at all are its `dropped_rows`).
 """
 
 from __future__ import annotations
@@ -121,6 +126,8 @@ class DriftFeeder:
             "rows": rows,
             "source": self.source,
             "dropped_total": self.dropped_rows,  # so far: the actor reports the sum over replicas
+            "sent_total": self.sent_rows,  # delivered before this batch: what a restarted actor
+            # holds less than that, it lost (rows_lost)
         }
 
     async def _ship(self, batch: Batch) -> None:
@@ -183,6 +190,8 @@ class DriftActor:
         self._notices: set[asyncio.Task[None]] = set()
         self.restored_from: dict[str, Any] | None = None
         self.dropped: dict[str, int] = {}  # replica -> rows it could not deliver (cumulative)
+        self.received: dict[str, int] = {}  # replica -> its rows this state holds (cumulative)
+        self.lost: dict[str, int] = {}  # replica -> rows delivered to an actor that died unsaved
         self._restore()
         self._dirty = False
         self._saved_at = time.monotonic()
@@ -199,6 +208,8 @@ class DriftActor:
             state = json.loads(raw)
             self.monitor.restore(state["monitor"])
             self.dropped = {str(k): int(v) for k, v in state.get("dropped", {}).items()}
+            self.received = {str(k): int(v) for k, v in state.get("received", {}).items()}
+            self.lost = {str(k): int(v) for k, v in state.get("lost", {}).items()}
             if self.performance is not None and state.get("performance"):
                 self.performance.restore(state["performance"])
         except (ValueError, KeyError) as err:  # keep the file for a person to look at
@@ -221,7 +232,7 @@ class DriftActor:
     def save(self) -> None:
         state = {"model": self.model, "version": self.version, "variant": self.variant,
                  "saved_at": time.time(), "monitor": self.monitor.state(),
-                 "dropped": self.dropped,
+                 "dropped": self.dropped, "received": self.received, "lost": self.lost,
                  "performance": self.performance.state() if self.performance else None}  # fmt: skip
         try:
             self.state.write(self.state_name, json.dumps(state, default=float))
@@ -317,8 +328,7 @@ class DriftActor:
     async def ingest(self, batch: Batch) -> dict[str, Any]:
         self._ensure_ticker()
         if batch.get("source"):
-            src = str(batch["source"])
-            self.dropped[src] = max(self.dropped.get(src, 0), int(batch.get("dropped_total", 0)))
+            self._account(str(batch["source"]), batch)
         windows = self.monitor.windows
         events = self.monitor.add(
             batch["feed"], batch.get("scores"), batch.get("type_errors") or None
@@ -336,6 +346,18 @@ class DriftActor:
             self._export()
         return {"rows": self.monitor.total_rows, "windows": self.monitor.windows}
 
+    def _account(self, src: str, batch: Batch) -> None:
+        """A replica's totals: what it could not deliver, and what it delivered that this
+        state does not hold (an earlier actor took it, then died before saving it)."""
+        self.dropped[src] = max(self.dropped.get(src, 0), int(batch.get("dropped_total", 0)))
+        delivered, held = int(batch.get("sent_total", 0)), self.received.get(src, 0)
+        if delivered > held:
+            self.lost[src] = self.lost.get(src, 0) + delivered - held
+            logger.warning("drift %s: %d rows from replica %s were lost with an earlier actor",
+                           self.variant, delivered - held, src)  # fmt: skip
+        # A send that timed out in the replica may still have arrived: count what arrived.
+        self.received[src] = max(delivered, held) + int(batch.get("rows", 0))
+
     async def outcome(self, prediction: float, outcome: float) -> None:
         """A /feedback outcome joined to this variant's prediction (performance drift)."""
         self._ensure_ticker()
@@ -352,6 +374,7 @@ class DriftActor:
             "variant": self.variant,
             "restored_from": self.restored_from,
             "dropped_rows": sum(self.dropped.values()),
+            "rows_lost": sum(self.lost.values()),
             **status,
             "drifted": bool(status["drifted"] or (perf and perf["drifted"])),
             "performance": perf,

@@ -130,8 +130,8 @@ class MonitorRoutes:
                 f"no drift actor for variant {variant!r}; variants: {sorted(self.drifts)}"
             )
         try:
-            response = self.drifts[variant].report_data.remote()
-            data = await within(response, self.cfg.limits.timeout_s, "drift actor")
+            response = self.drifts[variant].report_data.remote()  # away: a 503 at once
+            data = await within(response, self.cfg.limits.probe_timeout_s, "drift actor")
         except Exception as err:
             logger.warning("drift report of %s unavailable: %s", variant, err)
             raise Unavailable(f"drift actor of {variant!r} unavailable; retry shortly") from None

@@ -248,3 +248,55 @@ def test_unreadable_state_is_set_aside_not_fatal(bundle: Path, tmp_path: Path) -
     a = actor(bundle, tmp_path)
     assert a.restored_from is None and a.monitor.total_rows == 0
     assert (path.parent / "control-v3.unreadable.json").exists()
+
+
+def test_rows_an_actor_took_and_died_with_are_counted_as_lost(bundle: Path, tmp_path: Path) -> None:
+    """The replica delivered 2,700 rows; the actor saved 2,000 (a closed window) and died. The
+    actor Serve starts in its place learns from the replica's next batch that 700 are gone:
+    `rows_lost`, kept across later restarts, never silent."""
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+        current = [actor(bundle, tmp_path)]
+
+        async def send(batch: dict[str, Any]) -> None:
+            await current[0].ingest(batch)
+
+        feeder = DriftFeeder(send, DriftSection(batch_rows=10**6, flush_interval_s=60))
+        for n, seed in ((2000, 1), (700, 2)):
+            feeder.add(*batch_of(n, seed))
+            await feeder.flush()
+        current[0] = actor(bundle, tmp_path)  # the first died with 700 rows unsaved
+        feeder.add(*batch_of(300, 3))
+        await feeder.flush()
+        restarted = await current[0].status()
+        current[0].save()
+        again = await actor(bundle, tmp_path).status()
+        return restarted, again, feeder.stats()
+
+    restarted, again, sent = asyncio.run(run())
+    assert sent == {"buffered": 0, "sent": 3000, "dropped": 0}
+    assert restarted["rows_lost"] == 700 and restarted["rows"] == 2000 + 300
+    assert again["rows_lost"] == 700 and again["rows"] == 2300  # kept in the saved state
+
+
+def test_a_batch_that_arrived_after_its_send_timed_out_is_not_counted_lost(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """The replica counted its first batch as dropped (the send timed out) though the actor
+    took it: its later totals are below what the actor holds, which is no loss."""
+    a = actor(bundle, tmp_path)
+
+    async def send(rows: int, seed: int, sent_total: int, dropped_total: int) -> None:
+        feed, scores = batch_of(rows, seed)
+        await a.ingest({"feed": feed, "scores": scores, "type_errors": {}, "rows": rows,
+                        "source": "replica-1", "sent_total": sent_total,
+                        "dropped_total": dropped_total})  # fmt: skip
+
+    async def run() -> dict[str, Any]:
+        await send(100, 1, sent_total=0, dropped_total=0)  # arrived; the replica timed out
+        await send(50, 2, sent_total=0, dropped_total=100)
+        await send(50, 3, sent_total=50, dropped_total=100)
+        return await a.status()
+
+    status = asyncio.run(run())
+    assert status["rows_lost"] == 0 and status["rows"] == 200 and status["dropped_rows"] == 100
