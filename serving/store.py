@@ -22,7 +22,7 @@ from serving.settings import AppSettings
 from shipyard.ab.aliases import AliasStore
 from shipyard.ab.experiment import Experiment
 from shipyard.config.serving import TrafficUpdate
-from shipyard.errors import StaleState
+from shipyard.errors import Fenced, StaleState
 from shipyard.events import EventLog
 from shipyard.registry import Registry
 from shipyard.storage import StateDir
@@ -95,6 +95,14 @@ class ExperimentStore:
         """Storage I/O (an object store: tens of ms a write) runs on a worker thread, so the
         replica's event loop stays free to answer the router's probe (`config_version`)."""
         return await asyncio.to_thread(self._locked, fn, *args)
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose journal another writer has taken (two alive at
+        once) is fenced and stops writing; failing this check has Serve replace it, and the new
+        replica resumes from what storage holds."""
+        durable = self.experiment.durable
+        if durable is not None and durable.journal.fenced:
+            raise Fenced(f"{durable.state.uri}: another store replica writes this journal")
 
     async def snapshot(self) -> dict[str, Any]:
         return await self._run(self.experiment.snapshot)

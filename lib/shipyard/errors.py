@@ -83,6 +83,12 @@ class StorageError(Unavailable):
     call would have changed was not changed, so retrying it is safe."""
 
 
+class Fenced(StorageError):
+    """Another writer appended to the same journal (a second store replica alive at once: a
+    rolling update, a partitioned node). Storage keeps the other's entry; this writer stops
+    writing, since its state is behind storage's, and answers 503 until it is replaced."""
+
+
 class StaleState(Unavailable):
     """Storage holds older state than this app is known to have written (a node-local
     `state_uri` read on another node): refused, rather than resuming from the past."""

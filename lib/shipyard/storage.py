@@ -10,7 +10,9 @@ object stores cannot append.
 
 `Journal` is a numbered write-ahead log made of such files: each entry is one file, so an entry
 that was acknowledged is on storage; compaction merges the entries a snapshot covers into one
-segment and deletes them, so the number of files stays bounded.
+segment and deletes them, so the number of files stays bounded. An entry's file is created, never
+replaced (`StateDir.create`: a hard link on a disk, a conditional put on S3), so of two writers
+alive at once exactly one gets each entry number; the other is fenced and stops.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from shipyard.errors import ConfigError, StorageError
+from shipyard.errors import ConfigError, Fenced, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,21 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _link_new(path: Path, data: bytes) -> bool:
+    """Create `path` whole, only if it does not exist (link(2) never replaces a name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 class StateDir:
@@ -71,6 +89,7 @@ class StateDir:
                     "gs://bucket/prefix or a local path"
                 )
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self._s3: Any = None  # a boto3 client, made on the first conditional put (S3 only)
 
     def __repr__(self) -> str:
         return f"StateDir({self.uri!r})"
@@ -99,6 +118,52 @@ class StateDir:
                     fh.write(data.encode() if isinstance(data, str) else data)
         except OSError as err:
             raise StorageError(f"could not write {self.uri}/{rel}: {err}") from None
+
+    def create(self, rel: str, data: str | bytes) -> bool:
+        """Write `rel` only if nothing is there yet: True if this call created it, False if it
+        existed (another writer's, left as it was). Atomic on a local disk (a temporary file
+        hard-linked to the name) and on S3 (a put with `If-None-Match: *`); on other stores a
+        check, then a write (a race inside one write's time is not detected there)."""
+        raw = data.encode() if isinstance(data, str) else data
+        try:
+            if self.local:
+                return _link_new(Path(self.path(rel)), raw)
+            if self.uri.startswith("s3://"):
+                return self._s3_put_new(self.path(rel), raw)
+            if self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound:
+                return False
+            self.write(rel, raw)
+            return True
+        except OSError as err:
+            raise StorageError(f"could not write {self.uri}/{rel}: {err}") from None
+
+    def _s3_client(self) -> Any:
+        """boto3 for what pyarrow's S3 filesystem cannot do (a conditional put, a batched
+        delete); the endpoint and credentials come from the same environment."""
+        if self._s3 is None:
+            import boto3
+
+            self._s3 = boto3.client("s3", region_name=getattr(self.fs, "region", None) or None)
+        return self._s3
+
+    def _s3_put_new(self, path: str, raw: bytes) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = path.partition("/")
+        for attempt in range(5):
+            try:
+                self._s3_client().put_object(Bucket=bucket, Key=key, Body=raw, IfNoneMatch="*")
+                return True
+            except ClientError as err:
+                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status == 412:  # there already: another writer's
+                    return False
+                if status != 409 or attempt == 4:  # 409: a concurrent conditional put, retried
+                    raise OSError(str(err)) from None
+                time.sleep(0.05 * (attempt + 1))
+            except BotoCoreError as err:
+                raise OSError(str(err)) from None
+        return False  # not reached
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         """One Parquet file, replaced whole (a local file is written aside and renamed)."""
@@ -145,37 +210,63 @@ class StateDir:
             raise StorageError(f"could not list {self.uri}/{rel}: {err}") from None
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
-    def delete_folder(self, rel: str) -> None:
-        """A folder and everything in it (an object store: batched deletes, not one a file)."""
-        try:
-            self.fs.delete_dir(self.path(rel))
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise StorageError(f"could not delete {self.uri}/{rel}: {err}") from None
-
     def delete(self, rels: Iterable[str]) -> None:
+        """Files, those missing included (on S3 in batches of 1,000: one request each)."""
+        paths = [self.path(rel) for rel in rels]
         try:
-            for rel in rels:
+            if self.uri.startswith("s3://") and len(paths) > 1:
+                self._s3_delete(paths)
+                return
+            for path in paths:
                 with contextlib.suppress(FileNotFoundError):
-                    self.fs.delete_file(self.path(rel))
+                    self.fs.delete_file(path)
         except OSError as err:
             raise StorageError(f"could not delete under {self.uri}: {err}") from None
+
+    def _s3_delete(self, paths: list[str]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for i in range(0, len(paths), 1000):
+            chunk = paths[i : i + 1000]
+            bucket = chunk[0].partition("/")[0]
+            keys = [{"Key": p.partition("/")[2]} for p in chunk]
+            try:
+                out = self._s3_client().delete_objects(
+                    Bucket=bucket, Delete={"Objects": keys, "Quiet": True}
+                )
+            except (BotoCoreError, ClientError) as err:
+                raise OSError(str(err)) from None
+            if out.get("Errors"):
+                raise OSError(f"{len(out['Errors'])} not deleted: {out['Errors'][0]}")
+
+    def remove_if_empty(self, rel: str) -> None:
+        """A local folder left empty (object stores have none: a prefix with no objects)."""
+        if self.local:
+            with contextlib.suppress(OSError):  # not empty (another writer's file), or gone
+                os.rmdir(self.path(rel))
 
 
 _SINGLE = re.compile(r"^(\d{12})\.json$")
 _SEGMENT = re.compile(r"^(\d{12})-(\d{12})\.jsonl$")
-_OPEN = re.compile(r"^open-(\d{12})$")
+_FOLDER = re.compile(r"^(open|block)-(\d{12})$")  # open-: one writer's run (before blocks)
+BLOCK = 256  # entries per folder: an entry's folder follows from its number alone
+
+
+def _entry_path(seq: int) -> str:
+    return f"block-{(seq - 1) // BLOCK * BLOCK + 1:012d}/{seq:012d}.json"
 
 
 class Journal:
     """A write-ahead log of numbered entries in a `StateDir`.
 
-    `append` writes one entry as one file (`open-<first>/<seq>.json`) and only then returns its
-    number, so a caller that acknowledges after `append` never acknowledges what storage does not
-    hold. `compact()` (once a snapshot covers every entry) merges the open entries into one
-    segment (`<first>-<last>.jsonl`), written from memory, then deletes their folder in one
-    batched request; a crash in between leaves both, and `load` reads each entry once. `trim`
+    `append` creates one entry as one file (`block-<first>/<seq>.json`: the path follows from the
+    number alone) and only then returns its number, so a caller that acknowledges after `append`
+    never acknowledges what storage does not hold. The file is created, never replaced: if it is
+    there already, another writer took that number, and this one is fenced (`Fenced`, and every
+    later append refused) instead of overwriting it. `compact()` (once a snapshot covers every
+    entry) merges the entries into one segment (`<first>-<last>.jsonl`), written from memory,
+    then deletes exactly the files it merged (on S3 in one batched request) and the folders
+    they leave empty; a crash in between leaves both, and `load` reads each entry once. `trim`
     drops the oldest segments while the newer ones still weigh `keep` (e.g. hold that many
     requests).
     """
@@ -183,46 +274,56 @@ class Journal:
     def __init__(self, folder: StateDir) -> None:
         self.dir = folder
         self.seq = 0
-        self._open: str | None = None  # the folder new entries go to
-        self._singles: list[dict[str, Any]] = []  # written, not yet compacted
+        self.fenced = False
+        self._singles: list[tuple[str, dict[str, Any]]] = []  # (path, entry): not yet compacted
         self._segments: list[tuple[str, int]] = []  # (file name, weight), oldest first
 
     def load(self, weight: Callable[[dict[str, Any]], int] = lambda e: 1) -> list[dict[str, Any]]:
         """Every entry on storage, oldest first; also where the next `append` continues."""
         entries: dict[int, dict[str, Any]] = {}
-        self._singles, self._segments, self._open = [], [], None
+        self._singles, self._segments = [], []
         for name in self.dir.files():
             if _SEGMENT.match(name):
                 rows = [json.loads(x) for x in (self.dir.read(name) or b"").splitlines() if x]
                 entries.update((int(e["seq"]), e) for e in rows)
                 self._segments.append((name, sum(weight(e) for e in rows)))
-        segmented = set(entries)
+        merged = max(entries, default=0)  # compaction is cumulative: everything up to it
+        done: list[str] = []  # merged (or merged and trimmed), not yet deleted: a crash's leftovers
         for folder in self.dir.folders():
-            if not _OPEN.match(folder):
+            if not _FOLDER.match(folder):
                 continue
-            names = [n for n in self.dir.files(folder) if _SINGLE.match(n)]
-            if names and all(int(n[:12]) in segmented for n in names):
-                self._tidy(folder)  # compacted; its delete did not happen
-                continue
-            for name in names:
-                raw = self.dir.read(f"{folder}/{name}")
-                if raw is not None and int(name[:12]) not in segmented:
+            for name in self.dir.files(folder):
+                if not _SINGLE.match(name):
+                    continue
+                path = f"{folder}/{name}"
+                if int(name[:12]) <= merged:
+                    done.append(path)
+                elif (raw := self.dir.read(path)) is not None:
                     entry = json.loads(raw)
                     entries[int(entry["seq"])] = entry
-                    self._singles.append(entry)
-            self._open = folder  # the newest holds what is appended next (sorted names)
-        self._singles.sort(key=lambda e: int(e["seq"]))
+                    self._singles.append((path, entry))
+        self._singles.sort(key=lambda pe: int(pe[1]["seq"]))
         self.seq = max(entries, default=0)
+        if done:
+            self._drop(done)
         return [entries[k] for k in sorted(entries)]
 
     def append(self, entry: dict[str, Any]) -> int:
-        """Write the next entry; StorageError (and nothing written) if storage refused it."""
+        """Write the next entry; StorageError (and nothing written) if storage refused it,
+        Fenced if another writer holds that number (this journal then writes no more)."""
+        if self.fenced:
+            raise Fenced(f"journal {self.dir.uri}: another writer appended to it; this one stopped")
         seq = self.seq + 1
-        folder = self._open or f"open-{seq:012d}"
         entry = {"seq": seq, **entry}
-        self.dir.write(f"{folder}/{seq:012d}.json", json.dumps(entry, default=str))
-        self.seq, self._open = seq, folder
-        self._singles.append(entry)
+        path = _entry_path(seq)
+        if not self.dir.create(path, json.dumps(entry, default=str)):
+            self.fenced = True
+            raise Fenced(
+                f"journal {self.dir.uri}: entry {seq} was written by another writer (a second "
+                "store replica alive at once?); this one stops writing and leaves it as it is"
+            )
+        self.seq = seq
+        self._singles.append((path, entry))
         return seq
 
     @property
@@ -234,15 +335,14 @@ class Journal:
         """Merge every open entry into one segment; call it once a snapshot covers them all."""
         if not self._singles:
             return
-        first, last = int(self._singles[0]["seq"]), int(self._singles[-1]["seq"])
+        entries = [e for _, e in self._singles]
+        first, last = int(entries[0]["seq"]), int(entries[-1]["seq"])
         name = f"{first:012d}-{last:012d}.jsonl"
-        self.dir.write(name, "".join(json.dumps(e, default=str) + "\n" for e in self._singles))
-        self._segments.append((name, sum(weight(e) for e in self._singles)))
+        self.dir.write(name, "".join(json.dumps(e, default=str) + "\n" for e in entries))
+        self._segments.append((name, sum(weight(e) for e in entries)))
+        paths = [p for p, _ in self._singles]
         self._singles = []
-        folders = [f for f in self.dir.folders() if _OPEN.match(f)]
-        self._open = None  # the next entry opens a new folder
-        for folder in folders:
-            self._tidy(folder)
+        self._drop(paths)
 
     def trim(self, keep: int) -> None:
         """Delete the oldest segments that the newer ones make unnecessary."""
@@ -259,8 +359,12 @@ class Journal:
             except StorageError as err:  # harmless: the next load reads each entry once
                 logger.warning("journal: %s", err)
 
-    def _tidy(self, folder: str) -> None:
+    def _drop(self, paths: list[str]) -> None:
+        """Entry files a segment holds: deleted by name (never a folder another writer may be
+        adding to), then the folders they leave empty."""
         try:
-            self.dir.delete_folder(folder)
+            self.dir.delete(paths)
+            for folder in sorted({p.split("/", 1)[0] for p in paths}):
+                self.dir.remove_if_empty(folder)
         except StorageError as err:  # harmless: load() reads each entry once
             logger.warning("journal: %s (will be tidied at the next load)", err)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import random
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from shipyard.ab.experiment import Experiment
 from shipyard.config.serving import TrafficUpdate, parse_serving_config
-from shipyard.errors import ConfigError, Conflict, StaleState, StorageError
+from shipyard.errors import ConfigError, Conflict, Fenced, StaleState, StorageError
 from shipyard.events import EventLog
 from shipyard.storage import Journal, StateDir
 
@@ -108,6 +109,60 @@ def test_a_crash_between_segment_and_delete_reads_each_entry_once(tmp_path: Path
     assert [e["n"] for e in Journal(d).load()] == [0, 1, 2, 3, 4, 5]
 
 
+def test_two_writers_of_one_journal_never_overwrite_each_other(uri: str) -> None:
+    """Two store replicas alive at once (a rolling update, a partitioned node): of two journals
+    appending to one folder, exactly one gets each entry number; the other is fenced (Fenced,
+    then every append refused); every acknowledged entry is on storage as its writer wrote it,
+    and a stale writer's compaction deletes only what it merged."""
+    d = StateDir(uri).child("journal")
+    old = Journal(d)
+    old.load()
+    for i in range(5):
+        old.append({"by": "old", "i": i})
+    new = Journal(d)  # a second replica, started while the first still runs
+    new.load()
+    assert [new.append({"by": "new", "i": i}) for i in range(2)] == [6, 7]
+    with pytest.raises(Fenced, match="entry 6 was written by another writer"):
+        old.append({"by": "old", "i": 5})
+    with pytest.raises(Fenced):  # stopped, not trying the next number
+        old.append({"by": "old", "i": 6})
+    old.compact()  # its five entries: into a segment, their files deleted, the new one's kept
+    assert [(e["seq"], e["by"]) for e in Journal(d).load()] == [
+        *((s, "old") for s in range(1, 6)), (6, "new"), (7, "new"),
+    ]  # fmt: skip
+
+    # At once, from the same point: each number goes to one writer, the loser stops. On the
+    # local disk only: moto's S3 server checks If-None-Match and then puts, two steps where S3
+    # makes one, so two requests at the same instant may both pass there (S3's refusal of a
+    # second put is checked above, on both).
+    if not d.local:
+        return
+    first, second = Journal(d), Journal(d)
+    first.load(), second.load()
+    acked: dict[str, list[int]] = {"first": [], "second": []}
+    fenced: list[str] = []
+    start = threading.Barrier(2)
+
+    def run(name: str, journal: Journal) -> None:
+        start.wait()
+        for i in range(20):
+            try:
+                acked[name].append(journal.append({"by": name, "i": i}))
+            except Fenced:
+                fenced.append(name)
+                return
+
+    threads = [threading.Thread(target=run, args=a) for a in (("first", first), ("second", second))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fenced) == 1 and len(acked["second" if fenced == ["first"] else "first"]) == 20
+    stored = {e["seq"]: e["by"] for e in Journal(d).load()}
+    assert sorted(stored) == list(range(1, len(stored) + 1))  # no gap, no entry twice
+    assert all(stored[seq] == name for name, seqs in acked.items() for seq in seqs)
+
+
 # --- the experiment store ------------------------------------------------------------------------
 class Crash(BaseException):
     """The process dies at a write: what was written before it is on storage, nothing after."""
@@ -143,6 +198,10 @@ class FaultyDir(StateDir):
     def write(self, rel: str, data: str | bytes) -> None:
         self.plan.tick()
         super().write(rel, data)
+
+    def create(self, rel: str, data: str | bytes) -> bool:
+        self.plan.tick()
+        return super().create(rel, data)
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         self.plan.tick()
@@ -316,6 +375,44 @@ def test_older_state_than_the_cluster_knows_is_refused(tmp_path: Path) -> None:
     asyncio.run(store.ingest([{"t": "req", "id": "a", "variant": "control", "version": 1}]))
     with pytest.raises(StaleState, match="older state"):
         ExperimentStore(app, aliases=object(), generations=Ahead)  # type: ignore[arg-type]
+
+
+def test_a_store_replica_another_one_took_over_from_stops_and_fails_its_health_check(
+    uri: str,
+) -> None:
+    """A rolling update (or a partition) leaves two store replicas alive on one state_uri: the
+    one that falls behind refuses what it can no longer journal, traffic changes included (a 503
+    the router retries against the other), and fails Serve's health check, so Serve replaces it;
+    nothing either of them acknowledged is lost or counted twice."""
+    from serving.settings import AppSettings
+    from serving.store import ExperimentStore
+
+    app = AppSettings(config=cfg(), versions=VERSIONS, state_uri=uri, review_dir=uri,
+                      events_path=f"{uri}/events")  # fmt: skip
+
+    def store() -> ExperimentStore:
+        return ExperimentStore(app, aliases=object(), generations=None)  # type: ignore[arg-type]
+
+    def req(i: int) -> list[dict[str, Any]]:
+        return [{"t": "req", "id": f"r{i}", "variant": "control", "version": 1, "status": 200}]
+
+    old = store()
+    asyncio.run(old.ingest(req(1)))
+    new = store()  # the replica Serve started beside it
+    asyncio.run(new.ingest(req(2)))
+    before = dict(old.experiment.weights)
+    with pytest.raises(Fenced):  # a change takes a journal number before its snapshot
+        asyncio.run(old.set_traffic({"weights": {"treatment": 50}}, "PUT /variants"))
+    assert old.experiment.weights == before  # undone, and no snapshot over the new one's
+    with pytest.raises(Fenced):
+        asyncio.run(old.ingest(req(3)))
+    with pytest.raises(Fenced, match="another store replica"):
+        old.check_health()
+    new.check_health()
+    asyncio.run(new.ingest(req(3)))  # the router's retry, answered by the replica that holds it
+    assert new.experiment.stats["control"].requests == 3
+    assert store().experiment.stats["control"].requests == 3  # and so does the next one
+    assert store().experiment.weights == before
 
 
 def test_the_event_log_is_an_object_per_event_on_an_object_store(uri: str) -> None:

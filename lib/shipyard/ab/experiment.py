@@ -308,8 +308,12 @@ class Experiment:
 
     def save(self, force: bool = False) -> None:
         """Snapshot the split and the statistics (`durability.Durable.save`): at most every
-        `snapshot_s`, or at once when forced (StorageError then refuses the change)."""
+        `snapshot_s`, or at once when forced (StorageError then refuses the change). A forced
+        one (a change) first takes a journal number: a replica another has taken over from is
+        fenced there (`Fenced`) and cannot overwrite the newer one's snapshot."""
         if self.durable is not None:
+            if force:
+                self.durable.append({"kind": "change"})
             self.durable.save(lambda: durability.state_of(self), force)
 
     def _restore(self, durable: durability.Durable) -> None:
@@ -326,6 +330,8 @@ class Experiment:
             replayed += count
             if e["kind"] == "ingest":
                 self._apply_ingest(e["rows"], count)
+            elif e["kind"] != "feedback":  # a change's number: the snapshot after it holds it
+                continue
             elif count:
                 self._apply_feedback(e["id"], float(e["outcome"]), float(e["ts"]))
             else:
