@@ -20,7 +20,7 @@ from shipyard.ab.ledger import ShadowStats, VariantStats, index_entry, joinable
 from shipyard.config.serving import Guardrails, TrafficUpdate
 from shipyard.errors import InvalidInput, StorageError
 from shipyard.storage import StateDir
-from tests.unit.test_experiment import VERSIONS, config, requests_for
+from tests.unit.test_experiment import VERSIONS, FakeAliases, config, requests_for
 
 
 def counted(*records: dict[str, Any]) -> VariantStats:
@@ -190,31 +190,17 @@ def test_a_change_that_cannot_be_saved_is_undone_and_says_nothing() -> None:
     assert sent[-1] == "outside" and changes.depth == 0
 
 
-class Aliases:
-    def __init__(self, **aliases: int) -> None:
-        self.table = dict(aliases)
-
-    def aliases(self, name: str) -> dict[str, int]:
-        return dict(self.table)
-
-    def set_alias(self, name: str, alias: str, version: int) -> None:
-        self.table[alias] = version
-
-    def delete_alias(self, name: str, alias: str) -> None:
-        del self.table[alias]
-
-
 def test_promotion_crowns_the_version_and_a_rollback_drops_only_its_own_alias() -> None:
-    store = Aliases(champion=1, challenger=2)
+    store = FakeAliases({"champion": 1, "challenger": 2})
     registry.crown(store, "m", 2)
-    assert store.table == {"champion": 2, "previous_champion": 1}
+    assert store.map == {"champion": 2, "previous_champion": 1}
     registry.crown(store, "m", 2)  # again: nothing else moves
-    assert store.table == {"champion": 2, "previous_champion": 1}
-    store.table["challenger"] = 3
+    assert store.map == {"champion": 2, "previous_champion": 1}
+    store.map["challenger"] = 3
     registry.drop(store, "m", "challenger", 4)  # names another version: left alone
-    assert store.table["challenger"] == 3
+    assert store.map["challenger"] == 3
     registry.drop(store, "m", "challenger", 3)
-    assert "challenger" not in store.table
+    assert "challenger" not in store.map
 
 
 def test_snapshots_are_written_when_due_and_cover_the_journal(tmp_path: Path) -> None:
