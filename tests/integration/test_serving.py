@@ -615,7 +615,8 @@ def test_capture_reads_back_through_ray_data_with_every_raw_feature(
     client: Client, registry: Any, versions: dict[str, int], tmp_path: Path
 ) -> None:
     """60 answered requests, each a different real record, come back from S3 through
-    `ray.data.read_parquet` (no Shipyard code) with every feature as sent."""
+    `ray.data.read_parquet` (no Shipyard code) with every field as sent: the features typed, the
+    rest (the customer id, the target) as text to join on."""
     import ray
 
     written = client.get("/ab")["router"]["capture"]["rows_written"]
@@ -642,6 +643,8 @@ def test_capture_reads_back_through_ray_data_with_every_raw_feature(
     schema = json.loads((bundle / "input_schema.json").read_text())
     features = [f["name"] for f in schema["features"]]
     assert features and set(features) <= set(rows.columns)  # every feature of the model
+    others = {k for rec in sent.values() for k in rec} - set(features)
+    assert "customer_id" in others and set(others) <= set(rows.columns)  # every field sent
     for _, row in rows.iterrows():
         rec = sent[row["served_request_id"]]
         for feature in features:
@@ -652,6 +655,12 @@ def test_capture_reads_back_through_ray_data_with_every_raw_feature(
                 assert row[feature] == pytest.approx(float(value)), feature
             else:  # a category, as text
                 assert row[feature] == str(value), feature
+        for field in others:  # beyond the features: text, JSON text for what is not a string
+            value = rec.get(field)
+            if value is None:
+                assert pd.isna(row[field]), field
+            else:
+                assert row[field] == (value if isinstance(value, str) else json.dumps(value))
     assert client.get("/ab")["router"]["capture"]["dropped"] == 0
 
 

@@ -4,6 +4,7 @@ sampling by request id, bounded while storage is away, and the router capturing 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,26 @@ def test_every_request_reads_back_with_every_raw_feature(tmp_path: Path) -> None
     assert set(rows["served_model"]) == {"churn"}
     fb = read(state, "feedback")
     assert fb.to_dict("records")[0]["served_outcome"] == 1.0
+
+
+def test_fields_beyond_the_features_are_kept_as_text_to_join_on(tmp_path: Path) -> None:
+    """A customer id, the target, a timestamp: whatever else the client sent comes back as text
+    (JSON for what is not a string), so captured rows join to a team's own tables."""
+    state = StateDir(tmp_path / "capture")
+    c = capture(state)
+    sent = [{"age": 30, "plan": "gold", "income": 1.5, "customer_id": 1042, "churned": 1,
+             "ts": "2026-12-01T10:00:00", "tags": {"ab": [1, 2]}, "flag": True},
+            {"age": 31, "plan": "free", "income": None, "customer_id": "C-7", "ts": None,
+             "served_status": "a client's own field"}]  # fmt: skip
+    c.add_request("r1", "control", 3, sent, 200, 2.0, out={"predictions": [1, 0]})
+    assert c.flush() == 2
+    rows = read(state).sort_values("served_record")
+    assert rows["customer_id"].tolist() == ["1042", "C-7"] and rows["churned"].iloc[0] == "1"
+    assert rows["ts"].iloc[0] == "2026-12-01T10:00:00" and pd.isna(rows["ts"].iloc[1])
+    assert json.loads(rows["tags"].iloc[0]) == {"ab": [1, 2]} and rows["flag"].iloc[0] == "true"
+    assert pd.isna(rows["churned"].iloc[1])  # not sent with that record
+    assert rows["served_status"].tolist() == [200, 200]  # Shipyard's own, not the client's
+    assert rows["age"].tolist() == [30.0, 31.0]  # the features as before, typed
 
 
 def wait_written(c: Capture, rows: int) -> None:

@@ -2,10 +2,15 @@
 
 Every answered request (any status) becomes one row per record: the raw input features as
 received (typed by the model's input schema: numbers float64, categories strings; a value that
-fits neither is null, and such a request was refused, which its status says), the prediction,
-score and probabilities, the variant, version, key hash, latency, status, and whether it was a
-shadow answer. Every acknowledged feedback becomes one row with its request id. Everything
-Shipyard adds is named `served_*`, so a feature can never collide with it.
+fits neither is null, and such a request was refused, which its status says), every other field
+the client sent (an id such as `customer_id`, the target, a timestamp: as text, JSON text for
+what is not a string, so captured rows join to a team's own tables), the prediction, score and
+probabilities, the variant, version, key hash, latency, status, and whether it was a shadow
+answer. Every acknowledged feedback becomes one row with its request id. Everything Shipyard adds
+is named `served_*`, so a field can never collide with it (a client's own `served_*` field is
+left out). A field a file's records do not carry is absent from that file: Ray Data unifies the
+files' columns (null where absent); a reader that takes one file's schema for all sees that
+file's.
 
 Layout (Hive partitions, readable by Ray Data, pandas and pyarrow with no Shipyard code):
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -89,6 +95,13 @@ def _per_class(p: Any) -> list[float] | None:
 
 def _text(v: Any) -> str | None:
     return None if v is None or isinstance(v, dict | list) else str(v)
+
+
+def _raw(v: Any) -> str | None:
+    """A field beyond the model's features, as text: a string as it is, anything else as JSON."""
+    if v is None or isinstance(v, str):
+        return v
+    return json.dumps(v, default=str)
 
 
 class Capture:
@@ -254,6 +267,9 @@ class Capture:
                     data[feature] = pa.array([_number(v) for v in raw], type=pa.float64())
                 else:
                     data[feature] = pa.array([_text(v) for v in raw], type=pa.string())
+            others = {k for r in rows for k in r["features"]} - set(self.kinds)
+            for field in sorted(k for k in others if not k.startswith("served_")):
+                data[field] = pa.array([_raw(r["features"].get(field)) for r in rows], pa.string())
         return pa.table(data)
 
     def stats(self) -> dict[str, Any]:
