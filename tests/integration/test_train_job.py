@@ -77,6 +77,15 @@ def test_bundle_is_self_contained_and_verified(
     assert all(s["ci95"] for s in slices["slices"] if s["verdict"] != "untested")
     lineage = json.loads((bundle / "lineage.json").read_text())
     assert lineage["data"]["files"] and all("sha256" in f for f in lineage["data"]["files"])
+    # The code it ran, named without git: the job, started by the real `ray job submit`, hashed
+    # its unpacked working directory and shipyard package to what this checkout hashes to here.
+    from shipyard.bundle.lineage import run_code
+
+    assert lineage["code"]["sha256"] == run_code()["sha256"] and lineage["code"]["files"] > 50
+    mv = registry.get_version(MODEL, CHAMPION)
+    assert mv.tags["code_sha256"] == lineage["code"]["sha256"]
+    run = registry.client.get_run(mv.run_id)
+    assert run.data.tags["shipyard.code.sha256"] == lineage["code"]["sha256"]
 
     # The registered ONNX graph and the native booster agree on raw, drifted data.
     booster = xgb.Booster(model_file=str(bundle / "booster.ubj"))

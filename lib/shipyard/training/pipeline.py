@@ -32,7 +32,7 @@ from shipyard.bundle.graph import (
     parity,
     single_row_latency,
 )
-from shipyard.bundle.lineage import git_commit
+from shipyard.bundle.lineage import git_commit, run_code
 from shipyard.bundle.profile import NumericCounts, quantile_edges, reference_profile
 from shipyard.bundle.schema import InputSchema
 from shipyard.config.jobs import TrainJobConfig
@@ -84,7 +84,8 @@ def run_training(cfg: TrainJobConfig, run_name: str | None = None) -> TrainRepor
     name = cfg.model.name
     run_name = run_name or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment_id = registry.ensure_experiment(cfg.tracking.experiment or f"shipyard/{name}")
-    git = git_commit()
+    git, code = git_commit(), run_code()
+    source = {"git": git, "code": code}  # where the run's code came from, and what it was
     run_id = registry.start_run(
         experiment_id,
         run_name,
@@ -93,13 +94,14 @@ def run_training(cfg: TrainJobConfig, run_name: str | None = None) -> TrainRepor
             "shipyard.model": name,
             "mlflow.source.git.commit": git["commit"],
             "shipyard.git.dirty": git["dirty"],
+            "shipyard.code.sha256": str(code["sha256"]),
             "ray.version": ray.__version__,
         },
     )
     events.emit("run_started", model=name, run_id=run_id, run_name=run_name)
     registry.log(run_id, params=flatten(cfg.model_dump(mode="json")))
     try:
-        report = train_and_register(cfg, registry, events, run_id, run_name, git, home)
+        report = train_and_register(cfg, registry, events, run_id, run_name, source, home)
     except BaseException as err:
         registry.log(run_id, tags={"shipyard.status": "failed", "shipyard.error": str(err)[:4000]})
         registry.end_run(run_id, "FAILED")
@@ -122,7 +124,7 @@ def train_and_register(
     events: EventLog,
     run_id: str,
     run_name: str,
-    git: dict[str, str],
+    source: dict[str, Any],
     home: Path,
 ) -> TrainReport:
     t0 = time.perf_counter()
@@ -138,7 +140,7 @@ def train_and_register(
     candidate = evaluate_candidate(cfg, prep, outcome, registry)
     candidate.evaluation["training"].update(seconds_data=seconds_data, seconds_train=seconds_train)
     files = bundle_files(cfg, prep, candidate, lineage(cfg, prep, candidate, registry, run_id,
-                                                       run_name, git))  # fmt: skip
+                                                       run_name, source))  # fmt: skip
     sums = log_candidate(registry, run_id, cfg, files, candidate)
     name, failures = cfg.model.name, candidate.gate_failures
     if failures:
@@ -147,7 +149,7 @@ def train_and_register(
         )
         events.emit("gate_failed", model=name, run_id=run_id, reasons=failures)
         return TrainReport(run_id, None, [], failures, candidate.evaluation)
-    version, aliases = register(registry, cfg, run_id, prep, candidate, sums, git)
+    version, aliases = register(registry, cfg, run_id, prep, candidate, sums, source)
     primary = candidate.evaluation["primary_metric"]
     events.emit(
         "version_registered",
@@ -329,13 +331,14 @@ def lineage(
     registry: Registry,
     run_id: str,
     run_name: str,
-    git: dict[str, str],
+    source: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "run_id": run_id,
         "run_name": run_name,
         "tracking_uri": registry.tracking_uri,
-        "git": git,
+        "git": source["git"],
+        "code": source["code"],  # a hash of the code that ran: known without git
         "data": {"path": cfg.data.path, **prep.fingerprint},
         "champion_at_training": candidate.champion["version"] if candidate.champion else None,
         "trigger": contract.trigger(),
@@ -429,7 +432,7 @@ def register(
     prep: data_mod.Prepared,
     candidate: Candidate,
     sums: dict[str, str],
-    git: dict[str, str],
+    source: dict[str, Any],
 ) -> tuple[int, list[str]]:
     """Register the run's bundle as a new version: challenger, and champion if there is none."""
     name, e = cfg.model.name, candidate.evaluation
@@ -439,7 +442,8 @@ def register(
         run_id,
         tags={
             "data_fingerprint": prep.fingerprint["sha256"],
-            "git_commit": git["commit"],
+            "git_commit": source["git"]["commit"],
+            "code_sha256": source["code"]["sha256"],
             primary: f"{e['metrics'][primary]:.6f}",
             "baseline_" + primary: f"{e['baseline'][primary]:.6f}",
             "sha256_model.onnx": sums["model.onnx"],
