@@ -65,13 +65,15 @@ class ExperimentStore:
         `generations`: where written positions are recorded (None: not checked)."""
         self._lock = threading.Lock()
         state = StateDir(app.state_uri)
+        events = EventLog(app.events_path)
         self.experiment = Experiment(
             app.config,
             app.versions,
             state=state,
             aliases=aliases or Registry(app.tracking_uri),
-            events=EventLog(app.events_path),
+            events=events,
         )
+        events.resend_undelivered()  # what a store that died had not posted to the webhook
         if generations is not None:
             durable = self.experiment.durable
             assert durable is not None

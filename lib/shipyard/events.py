@@ -2,7 +2,13 @@
 
 On a disk the log is one JSON-lines file (shared by the jobs and the serving app of a machine);
 under an object-store URI it is a folder with one object per event (objects cannot be appended
-to), named by time so that a listing is the log in order."""
+to), named by time so that a listing is the log in order.
+
+The webhook is at least once, across crashes too: each event the webhook took is recorded as
+delivered (`<log>.delivered` beside the file, `delivered/<id>` in the folder), and a process
+that starts (`resend_undelivered`: the serving app's store, every training job) posts again the
+recent events that have no such record, which a process that died took with it. Every post
+carries the event's `id`, so a receiver can drop what it has seen."""
 
 from __future__ import annotations
 
@@ -53,7 +59,7 @@ class EventLog:
         self.webhook_sent = 0
         self.webhook_failed = 0  # gave up after `attempts`, or dropped with the queue full
         self._lock = threading.Lock()
-        self._queue: queue.Queue[str] = queue.Queue(max_queued)
+        self._queue: queue.Queue[tuple[str, str]] = queue.Queue(max_queued)  # (id, body)
         self._sender: threading.Thread | None = None
 
     def emit(self, kind: str, **data: Any) -> dict[str, Any]:
@@ -70,17 +76,53 @@ class EventLog:
             with self._lock, self.path.open("a") as fh:
                 fh.write(line + "\n")
         if self.webhook_url:
-            self._enqueue(line)
+            self._enqueue(event["id"], line)
         return event
 
-    def _enqueue(self, line: str) -> None:
+    def delivered(self) -> set[str]:
+        """Ids of the events the webhook took (by any process writing this log)."""
+        if self.store is not None:
+            return set(self.store.files("delivered"))
+        marks = self.path.with_name(self.path.name + ".delivered")
+        return set(marks.read_text().split()) if marks.exists() else set()
+
+    def _mark_delivered(self, event_id: str) -> None:
+        try:
+            if self.store is not None:
+                self.store.write(f"delivered/{event_id}", b"")
+            else:
+                with self._lock, self.path.with_name(self.path.name + ".delivered").open("a") as fh:
+                    fh.write(event_id + "\n")
+        except (OSError, StorageError) as err:  # at worst it is posted again after a restart
+            logger.warning("webhook delivery of %s not recorded: %s", event_id, err)
+
+    def resend_undelivered(self, grace_s: float = 60.0, max_age_s: float = 86_400.0) -> int:
+        """Queue again the events of the last `max_age_s` that the webhook never took (a process
+        died with them queued, or the webhook was down); those younger than `grace_s` are left
+        to the process that emitted them. Returns how many were queued."""
+        if not self.webhook_url:
+            return 0
+        try:
+            done, now = self.delivered(), time.time()
+            events = [e for e in self.read() if e.get("id") and e["id"] not in done
+                      and now - max_age_s <= float(e.get("ts", 0)) <= now - grace_s]  # fmt: skip
+        except (OSError, StorageError, ValueError) as err:  # advisory: never fails a start
+            logger.warning("webhook: undelivered events not read: %s", err)
+            return 0
+        for e in events:
+            self._enqueue(e["id"], json.dumps(e, default=str, sort_keys=True))
+        if events:
+            logger.info("webhook: %d undelivered event(s) queued again", len(events))
+        return len(events)
+
+    def _enqueue(self, event_id: str, line: str) -> None:
         with self._lock:
             if self._sender is None:
                 self._sender = threading.Thread(target=self._send_loop, name="webhook", daemon=True)
                 self._sender.start()
                 atexit.register(self.drain, 10.0)  # a job that exits right after emit
         try:
-            self._queue.put_nowait(line)
+            self._queue.put_nowait((event_id, line))
         except queue.Full:
             self.webhook_failed += 1
             logger.warning("webhook queue full: event not posted (it is in %s)", self.where)
@@ -94,13 +136,14 @@ class EventLog:
 
     def _send_loop(self) -> None:
         while True:
-            line = self._queue.get()
+            event_id, line = self._queue.get()
             try:
-                self._post(line)
+                if self._post(line):
+                    self._mark_delivered(event_id)
             finally:
                 self._queue.task_done()
 
-    def _post(self, body: str) -> None:
+    def _post(self, body: str) -> bool:
         req = urllib.request.Request(
             self.webhook_url,  # type: ignore[arg-type]
             data=body.encode(),
@@ -112,17 +155,18 @@ class EventLog:
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     resp.read()
                 self.webhook_sent += 1
-                return
+                return True
             except Exception as err:  # advisory channel: retried, never raised to the caller
                 if attempt + 1 == self.attempts:
                     self.webhook_failed += 1
                     logger.warning("webhook %s failed %d times, last: %s (the event is in %s)",
                                    self.webhook_url, self.attempts, err, self.where)  # fmt: skip
-                    return
+                    return False
                 time.sleep(self.backoff_s * 2**attempt)
+        return False
 
     def read(self) -> list[dict[str, Any]]:
-        if self.store is not None:
+        if self.store is not None:  # the events; delivery records are a folder of their own
             return [json.loads(self.store.read(n) or b"{}") for n in self.store.files()]
         if not self.path.exists():
             return []

@@ -94,3 +94,34 @@ def test_webhook_failure_never_raises_and_the_event_stays_in_the_log(tmp_path: P
     log.emit("run_failed", error="x")
     assert log.read()[0]["kind"] == "run_failed"
     assert log.drain(10) and log.webhook_failed == 1 and log.webhook_sent == 0
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_events_a_process_died_with_are_posted_after_a_restart(
+    tmp_path: Path, hook: Any, where: str, request: pytest.FixtureRequest
+) -> None:
+    """The webhook is at least once across a crash: an event whose post died with its process
+    (here: the webhook down, every attempt spent) is posted again by the next process to start,
+    with its id; a delivered one is not; one younger than the grace is left to its emitter."""
+    path = (
+        str(tmp_path / "e.jsonl")
+        if where == "local"
+        else f"{request.getfixturevalue('s3_uri')}/events"
+    )
+    url = f"http://127.0.0.1:{hook.server_port}/hook"
+    Hook.fail = 10**6  # down for the first process
+    first = EventLog(path, url, attempts=1, backoff_s=0.01)
+    lost = first.emit("canary_rolled_back", variant="t")
+    assert first.drain(10) and first.webhook_failed == 1 and Hook.received == []
+    Hook.fail = 0
+    delivered = first.emit("traffic_changed", n=1)
+    assert first.drain(10) and [e["id"] for e in Hook.received] == [delivered["id"]]
+    assert first.delivered() == {delivered["id"]}
+
+    again = EventLog(path, url)  # the next process: a restarted store, a new job
+    assert again.resend_undelivered(grace_s=60) == 0  # both are seconds old: their emitter's
+    assert again.resend_undelivered(grace_s=0) == 1 and again.drain(10)
+    assert [e["id"] for e in Hook.received] == [delivered["id"], lost["id"]]
+    assert Hook.received[1]["kind"] == "canary_rolled_back"
+    assert EventLog(path, url).resend_undelivered(grace_s=0) == 0  # now recorded as delivered
+    assert [e["kind"] for e in again.read()] == ["canary_rolled_back", "traffic_changed"]

@@ -80,6 +80,7 @@ def run_training(cfg: TrainJobConfig, run_name: str | None = None) -> TrainRepor
     """The whole training path as one tracked MLflow run."""
     home = shipyard_home()
     events = EventLog(home / "events.jsonl", cfg.events.webhook_url)
+    events.resend_undelivered()  # what a job or app that died had not posted to the webhook
     registry = Registry(cfg.tracking.tracking_uri)
     name = cfg.model.name
     run_name = run_name or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
