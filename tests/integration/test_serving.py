@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -662,6 +663,80 @@ def test_capture_reads_back_through_ray_data_with_every_raw_feature(
             else:
                 assert row[field] == (value if isinstance(value, str) else json.dumps(value))
     assert client.get("/ab")["router"]["capture"]["dropped"] == 0
+
+
+def test_every_version_is_an_mlflow_model_that_answers_as_predict_does(
+    client: Client, registry: Any, versions: dict[str, int], tmp_path: Path
+) -> None:
+    """`mlflow.pyfunc.load_model` by alias and by number, and the real `mlflow models serve`,
+    answer raw records (a missing number, an unseen category included) with the labels and
+    probabilities `POST /predict` gives for that version, to 1e-6. No pickle in the version."""
+    import mlflow
+
+    from shipyard.compute.localray import free_port
+
+    version = versions["control"]
+    schema = json.loads(
+        (registry.download(SERVE_MODEL, version, tmp_path / "v") / "input_schema.json").read_text()
+    )
+    numeric = next(f["name"] for f in schema["features"] if f["kind"] == "numeric")
+    category = next(f["name"] for f in schema["features"] if f["kind"] == "categorical")
+    records = [dict(r) for r in client.records[:20]]
+    records[0][numeric], records[1][category] = None, "a-category-never-seen"
+    served = client.predict_records(records, headers={"X-Shipyard-Variant": "control"})
+    assert served.status_code == 200, served.text
+    expected = served.json()
+    names = [f["name"] for f in schema["features"]]
+    frame = pd.DataFrame([{k: r[k] for k in names} for r in records])
+
+    def same(answer: pd.DataFrame) -> None:
+        assert answer["label"].tolist() == expected["predictions"]
+        positive = answer[f"probability_{schema['classes'][1]}"].to_numpy()
+        assert np.allclose(positive, expected["probabilities"], atol=1e-6, rtol=0)
+
+    registry.set_alias(SERVE_MODEL, "pyfunc-check", version)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    try:
+        for i, uri in enumerate(
+            (f"models:/{SERVE_MODEL}@pyfunc-check", f"models:/{SERVE_MODEL}/{version}")
+        ):
+            (tmp_path / f"loaded-{i}").mkdir()
+            model = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path / f"loaded-{i}"))
+            same(model.predict(frame))
+            assert model.metadata.get_input_schema().input_names() == names
+    finally:
+        mlflow.set_tracking_uri(before)
+    files = {p.name for p in (tmp_path / "v").rglob("*") if p.is_file()}
+    assert {"MLmodel", "input_example.json"} <= files
+    assert not any(n.endswith((".pkl", ".pickle", ".cloudpickle", ".joblib")) for n in files)
+
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)  # the CLI execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri,
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    cli = str(Path(bin_dir) / "mlflow")
+    server = subprocess.Popen(
+        [cli, "models", "serve", "-m", f"models:/{SERVE_MODEL}@pyfunc-check", "--env-manager",
+         "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # the CLI and the uvicorn it starts: one group, this test's own
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.5)
+        body = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        same(pd.DataFrame(answer.json()["predictions"]))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def test_explain_sums_to_the_prediction(client: Client) -> None:

@@ -31,7 +31,8 @@ def write_bundle(directory: Path, files: dict[str, bytes]) -> dict[str, str]:
     """Write `files` into `directory` with a manifest; returns name -> checksum."""
     directory.mkdir(parents=True, exist_ok=True)
     sums = {}
-    for name, data in files.items():
+    for name, data in files.items():  # a name may hold folders (code/ of the MLflow model)
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_bytes(data)
         sums[name] = hashlib.sha256(data).hexdigest()
     (directory / MANIFEST).write_text(json.dumps({"sha256": sums}, indent=2, sort_keys=True))

@@ -33,6 +33,7 @@ from shipyard.bundle.graph import (
     single_row_latency,
 )
 from shipyard.bundle.lineage import git_commit, run_code
+from shipyard.bundle.mlflow_model import example_of, mlflow_files
 from shipyard.bundle.profile import NumericCounts, quantile_edges, reference_profile
 from shipyard.bundle.schema import InputSchema
 from shipyard.config.jobs import TrainJobConfig
@@ -370,6 +371,8 @@ def bundle_files(
         "reference_profile.json": json.dumps(profile, indent=1).encode(),
         "evaluation.json": json.dumps(candidate.evaluation, indent=1, default=float).encode(),
         "lineage.json": json.dumps(lineage, indent=1).encode(),
+        # The same version as an MLflow model (pyfunc from code, over the files above).
+        **mlflow_files(schema, example_of(schema, prep.holdout)),
     }
 
 
