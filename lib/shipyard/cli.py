@@ -5,6 +5,7 @@
     shipyard retrain reject ID --reason TEXT
     shipyard review export --queue CSV --into DIR --like PARQUET --target COL [--time-column C]
     shipyard ingress [--address DASHBOARD] [--app NAME]   the router replicas' own URLs
+    shipyard mlflow-model NAME VERSION          make an older version an MLflow model (pyfunc)
 
 The retrain commands call the app's routes (`--url`, default $SHIPYARD_URL or
 http://127.0.0.1:8000) with the admin token from $SHIPYARD_ADMIN_TOKEN.
@@ -119,7 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "http://127.0.0.1:8265"),
                     help="the Ray dashboard (default $RAY_DASHBOARD_ADDRESS or :8265)")  # fmt: skip
     ig.add_argument("--app", default="shipyard", help="the Serve application's name")
+    mm = sub.add_parser("mlflow-model", help="add the MLflow model files to an older version")
+    mm.add_argument("name")
+    mm.add_argument("version", type=int)
+    mm.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or "
+                    "the local store under $SHIPYARD_HOME")  # fmt: skip
     return ap
+
+
+def _mlflow_model(args: argparse.Namespace) -> int:
+    from shipyard.registry import Registry, add_mlflow_model
+
+    try:
+        added = add_mlflow_model(Registry(args.tracking_uri), args.name, args.version)
+    except (ShipyardError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    uri = f"models:/{args.name}/{args.version}"
+    if not added:
+        print(f"{args.name} v{args.version} already is an MLflow model ({uri}); nothing changed")
+    else:
+        print(f"{args.name} v{args.version}: added {', '.join(added)} and updated its manifest; "
+              f"load it with mlflow.pyfunc.load_model({uri!r})")  # fmt: skip
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return _retrain(args)
     if args.command == "ingress":
         return _ingress(args)
+    if args.command == "mlflow-model":
+        return _mlflow_model(args)
     return _review(args)
 
 

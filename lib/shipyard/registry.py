@@ -8,6 +8,7 @@ Aliases `champion` and `challenger` say which versions are live.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -182,6 +183,38 @@ class Registry:
                 shutil.rmtree(target, ignore_errors=True)
             raise
         return Path(path)
+
+
+def add_mlflow_model(registry: Registry, name: str, version: int) -> list[str]:
+    """Make a version registered before versions carried an MLflow model one, without
+    retraining: its bundle is downloaded and verified, the MLflow files (no input example: the
+    holdout is not kept) are uploaded beside it, then the manifest that covers them. Returns the
+    files added (none if it already is an MLflow model)."""
+    from shipyard.bundle.files import MANIFEST, write_bundle
+    from shipyard.bundle.mlflow_model import mlflow_files
+    from shipyard.bundle.schema import InputSchema
+
+    mv = registry.get_version(name, version)
+    if mv.source != f"{registry.artifact_uri(mv.run_id)}/{MODEL_DIR}":
+        raise ValueError(
+            f"{name} v{version}: its files are not its run's {MODEL_DIR}/ ({mv.source})"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = registry.download(name, version, Path(tmp) / "bundle")  # checksums verified
+        if (bundle / "MLmodel").exists():
+            return []
+        sums = json.loads((bundle / MANIFEST).read_text())["sha256"]
+        schema = InputSchema.from_dict(json.loads((bundle / "input_schema.json").read_text()))
+        added = mlflow_files(schema, None)
+        new = Path(tmp) / "new"
+        grown = {**sums, **write_bundle(new, added)}
+        (new / MANIFEST).unlink()  # the files first: until the manifest follows, the old holds
+        registry.log_artifacts(mv.run_id, new, MODEL_DIR)
+        manifest = Path(tmp) / "manifest"
+        manifest.mkdir()
+        (manifest / MANIFEST).write_text(json.dumps({"sha256": grown}, indent=2, sort_keys=True))
+        registry.log_artifacts(mv.run_id, manifest, MODEL_DIR)
+    return sorted(added)
 
 
 # A bundle for the length of a `with`: its files may be gone once the block ends.

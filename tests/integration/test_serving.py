@@ -666,12 +666,16 @@ def test_capture_reads_back_through_ray_data_with_every_raw_feature(
 
 
 def test_every_version_is_an_mlflow_model_that_answers_as_predict_does(
-    client: Client, registry: Any, versions: dict[str, int], tmp_path: Path
+    client: Client,
+    registry: Any,
+    versions: dict[str, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`mlflow.pyfunc.load_model` by alias and by number, and the real `mlflow models serve`,
     answer raw records (a missing number, an unseen category included) with the labels and
     probabilities `POST /predict` gives for that version, to 1e-6. No pickle in the version."""
-    import mlflow
+    import mlflow.pyfunc
 
     from shipyard.compute.localray import free_port
 
@@ -695,18 +699,15 @@ def test_every_version_is_an_mlflow_model_that_answers_as_predict_does(
         assert np.allclose(positive, expected["probabilities"], atol=1e-6, rtol=0)
 
     registry.set_alias(SERVE_MODEL, "pyfunc-check", version)
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    try:
-        for i, uri in enumerate(
-            (f"models:/{SERVE_MODEL}@pyfunc-check", f"models:/{SERVE_MODEL}/{version}")
-        ):
-            (tmp_path / f"loaded-{i}").mkdir()
-            model = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path / f"loaded-{i}"))
-            same(model.predict(frame))
-            assert model.metadata.get_input_schema().input_names() == names
-    finally:
-        mlflow.set_tracking_uri(before)
+    # What `models:/` URIs read (mlflow.set_tracking_uri would leave it set for later tests).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
+    for i, uri in enumerate(
+        (f"models:/{SERVE_MODEL}@pyfunc-check", f"models:/{SERVE_MODEL}/{version}")
+    ):
+        (tmp_path / f"loaded-{i}").mkdir()
+        model = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path / f"loaded-{i}"))
+        same(model.predict(frame))
+        assert model.metadata.get_input_schema().input_names() == names
     files = {p.name for p in (tmp_path / "v").rglob("*") if p.is_file()}
     assert {"MLmodel", "input_example.json"} <= files
     assert not any(n.endswith((".pkl", ".pickle", ".cloudpickle", ".joblib")) for n in files)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from shipyard.bundle.files import verify_bundle, write_bundle
 from shipyard.bundle.graph import OnnxPredictor
@@ -54,3 +55,44 @@ def test_a_version_loads_as_a_pyfunc_and_answers_as_the_graph_does(
     moved = tmp_path / "elsewhere"  # the folder is self-contained: copied, it still loads
     shutil.copytree(version, moved)
     assert mlflow.pyfunc.load_model(str(moved)).predict(frame.head(3)).shape[0] == 3
+
+
+def test_an_older_version_becomes_an_mlflow_model_without_retraining(
+    bundle: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`shipyard mlflow-model NAME VERSION` on a version registered without the MLflow files:
+    they are added beside its bundle under a grown manifest (the download still verifies every
+    file), it loads by its number, and a second run changes nothing and says so."""
+    import mlflow.pyfunc
+
+    from shipyard.cli import main
+    from shipyard.registry import MODEL_DIR, Registry
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("SHIPYARD_HOME", str(tmp_path / "home"))
+    registry = Registry()
+    files = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
+    files.update({"reference_profile.json": b"{}", "evaluation.json": b"{}"})
+    run_id = registry.start_run(registry.ensure_experiment("shipyard/old"), "old", {})
+    write_bundle(tmp_path / "art" / MODEL_DIR, files)
+    registry.log_artifacts(run_id, tmp_path / "art")
+    registry.end_run(run_id)
+    version = registry.register("old-model", run_id, {})
+
+    assert main(["mlflow-model", "old-model", str(version)]) == 0
+    said = capsys.readouterr().out
+    assert "added MLmodel" in said and "code/shipyard_onnx_pyfunc.py" in said
+    downloaded = registry.download("old-model", version, tmp_path / "dl")  # verified
+    manifest = json.loads((downloaded / "manifest.json").read_text())["sha256"]
+    assert {"MLmodel", "model.onnx", "requirements.txt"} <= set(manifest)
+    schema = InputSchema.from_dict(json.loads((bundle / "input_schema.json").read_text()))
+    frame = datagen.generate(10, seed=5)[schema.names]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)  # what models:/ reads
+    answer = mlflow.pyfunc.load_model(f"models:/old-model/{version}").predict(frame)
+    p = OnnxPredictor((bundle / "model.onnx").read_bytes(), schema).predict(frame)
+    assert np.allclose(answer["probability_1"], p, atol=1e-6, rtol=0)
+    assert main(["mlflow-model", "old-model", str(version)]) == 0
+    assert "already is an MLflow model" in capsys.readouterr().out

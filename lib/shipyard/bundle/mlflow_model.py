@@ -7,7 +7,8 @@ folder: MLflow hands the loader the version's own folder, so it opens the same `
 input columns, strings for categories and doubles for numbers, every one optional; the outputs),
 an input example from the holdout, and the environment (ONNX Runtime, NumPy, pandas). No pickle is
 written or read: `mlflow.pyfunc.load_model("models:/<name>@<alias>")` imports the loader's code
-and the loader reads ONNX and JSON.
+and the loader reads ONNX and JSON. A version registered before this adds them later with
+`shipyard mlflow-model NAME VERSION` (`shipyard.registry.add_mlflow_model`).
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def example_of(schema: InputSchema, holdout: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def mlflow_files(schema: InputSchema, example: pd.DataFrame) -> dict[str, bytes]:
-    """MLmodel, the loader's code, the input example and the environment, as bundle files."""
+def mlflow_files(schema: InputSchema, example: pd.DataFrame | None) -> dict[str, bytes]:
+    """MLmodel, the loader's code, the input example (None: none) and the environment, as
+    bundle files."""
     import mlflow.pyfunc
     import numpy
     import onnxruntime
@@ -79,7 +81,8 @@ def mlflow_files(schema: InputSchema, example: pd.DataFrame) -> dict[str, bytes]
            "dependencies:\n- -r requirements.txt\n")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         model = Model(signature=signature(schema))
-        _save_example(model, example, tmp)
+        if example is not None:
+            _save_example(model, example, tmp)
         mlflow.pyfunc.add_to_model(model, loader_module=LOADER, code="code",
                                    python_env="python_env.yaml")  # fmt: skip
         model.save(os.path.join(tmp, "MLmodel"))
