@@ -52,6 +52,12 @@ def test_a_version_loads_as_a_pyfunc_and_answers_as_the_graph_does(
     assert model.metadata.get_input_schema().input_names() == schema.names
     example = pd.read_json(version / "input_example.json", orient="split")
     assert list(example.columns) == schema.names and len(example) == 5
+    from mlflow.models import validate_serving_input  # what MLflow checks before it serves
+
+    served = validate_serving_input(
+        str(version), (version / "serving_input_example.json").read_text()
+    )
+    assert len(served) == 5 and set(served.columns) == {"label", "probability_0", "probability_1"}
     moved = tmp_path / "elsewhere"  # the folder is self-contained: copied, it still loads
     shutil.copytree(version, moved)
     assert mlflow.pyfunc.load_model(str(moved)).predict(frame.head(3)).shape[0] == 3
