@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -137,6 +138,19 @@ def _get(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=30) as r:
         out: dict[str, Any] = json.loads(r.read())
         return out
+
+
+def _get_when_up(url: str, wait_s: float = 60) -> dict[str, Any]:
+    """GET a route that answers 503 while what it asks is away (a busy or restarting drift
+    actor), again until it answers or `wait_s` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _get(url)
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def _post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -354,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{v['variant']} {v['weight']:g}" for v in live)
             + ("; no replica restarted" if same else "; replicas were restarted")
         )
-        window = _get(f"{url}/drift")["variants"]["control"]["settings"]["window_rows"]
+        window = _get_when_up(f"{url}/drift")["variants"]["control"]["settings"]["window_rows"]
         print(
             f"\nsending {2 * window} drifted records to control (scenario covariate_shift: "
             "income and sessions_30d up ~1 sd) ...",
@@ -363,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         send_drifted(url, 2 * window)
         deadline, status = time.monotonic() + 60, {}
         while time.monotonic() < deadline:
-            status = _get(f"{url}/drift")["variants"]["control"]
+            status = _get_when_up(f"{url}/drift")["variants"]["control"]
             if status.get("windows", 0) >= 2 and status.get("drifted"):
                 break
             time.sleep(1)
