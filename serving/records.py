@@ -2,8 +2,11 @@
 
 `add` is a list append on the request path; a background loop hands the buffer to the experiment
 store every `interval_s`. A slow or restarting store never slows a request: its batch goes back
-in front of the buffer, which holds at most `max_rows` (older rows beyond that are dropped and
-counted, and the count is reported by GET /ab).
+in front of the buffer, which holds at most `max_rows` (older rows beyond that are dropped from
+memory and counted, GET /ab -> router -> dropped_records). With a segment log
+(`shipyard.ab.segments`, `ab.durable_answers`) every row is also written to the router's own
+segment before its request is answered, and a dropped row is left there for the store to
+recover; the segments of rows the store has taken are deleted.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from shipyard.ab.segments import SegmentLog
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +33,14 @@ class RecordBuffer:
         max_rows: int = 200_000,
         interval_s: float = 0.2,
         batch_rows: int = 5_000,
+        segments: SegmentLog | None = None,
     ) -> None:
         self.send = send
         self.on_actions = on_actions  # the store changed traffic (a guardrail fired): refresh
         self.max_rows = max_rows
         self.interval_s = interval_s
         self.batch_rows = batch_rows
+        self.segments = segments
         self.rows: list[dict[str, Any]] = []
         self.dropped = 0
         # One flush at a time: a caller that flushes before reading or joining (GET /ab,
@@ -50,10 +57,19 @@ class RecordBuffer:
         else:
             row.setdefault("id", f"{kind}-{uuid.uuid4().hex}")
         self.rows.append(row)
+        if self.segments is not None:
+            self.segments.add(row)
+
+    async def saved(self) -> None:
+        """Every row added so far is in a written segment (or counted unsaved)."""
+        if self.segments is not None:
+            await self.segments.saved()
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
+            if self.segments is not None:
+                await self.segments.retry()
             await self.flush()
 
     async def flush(self) -> None:
@@ -77,8 +93,21 @@ class RecordBuffer:
                 logger.warning("could not flush %d records (will retry): %s", len(batch), err)
                 self.rows = batch + self.rows
                 if len(self.rows) > self.max_rows:
-                    self.dropped += len(self.rows) - self.max_rows
+                    gone = self.rows[: len(self.rows) - self.max_rows]
+                    self.dropped += len(gone)
                     self.rows = self.rows[-self.max_rows :]
+                    if self.segments is not None:
+                        self.segments.forget(gone)  # in their segments, for the store to take
                 return
+            if self.segments is not None:
+                await self._delete(self.segments.delivered(batch))
             if actions:
                 await self.on_actions()
+
+    async def _delete(self, names: list[str]) -> None:
+        """Segments the store has wholly taken; one left behind is recovered once (harmless)."""
+        if names and self.segments is not None:
+            try:
+                await asyncio.to_thread(self.segments.delete, names)
+            except Exception as err:
+                logger.warning("could not delete %d delivered segments: %s", len(names), err)

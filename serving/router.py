@@ -11,6 +11,7 @@ it is a plain class that tests drive over HTTP without Ray.
 # No `from __future__ import annotations`: FastAPI resolves route signatures at runtime.
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -39,6 +40,7 @@ from serving.settings import AppSettings
 from serving.shadow import ShadowMirror
 from serving.store_client import StoreClient
 from shipyard.ab.routing import Allocation, shadow_hit
+from shipyard.ab.segments import SegmentLog
 from shipyard.errors import (
     InvalidField,
     InvalidInput,
@@ -54,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
 HEALTH_INTERVAL_S = 5.0  # how often the router asks each variant whether it has loaded
+COLLECT_INTERVAL_S = 5.0  # how often it has the store look for segments a dead router left
 KeyHeader = Annotated[
     str | None,
     Header(min_length=1, max_length=256, description="The randomisation key, as a header."),
@@ -93,7 +96,8 @@ class Router:
         self._background: set[asyncio.Task[Any]] = set()
         self.auth = Auth(self.cfg)
         self.metrics = RouterMetrics()
-        self.records = RecordBuffer(self.store.ingest, self._refresh)
+        segments = SegmentLog(StateDir(app.state_uri)) if self.cfg.ab.durable_answers else None
+        self.records = RecordBuffer(self.store.ingest, self._refresh, segments=segments)
         self.capture = (
             Capture(StateDir(app.state_uri).child("capture"), self.cfg.model, self.cfg.capture)
             if self.cfg.capture.enabled else None
@@ -135,6 +139,8 @@ class Router:
                 loop.create_task(self._every(POLL_INTERVAL_S, self.check_store)),
                 loop.create_task(self._every(HEALTH_INTERVAL_S, self.check_health)),
             ]
+            if self.records.segments is not None:
+                self._tasks.append(loop.create_task(self._every(COLLECT_INTERVAL_S, self.collect)))
 
     async def stop(self) -> None:
         """Stop the loops, then hand the store every record still buffered (a router killed
@@ -169,6 +175,11 @@ class Router:
         changed = await self.store.check(self.snapshot.get("config_version"))
         if changed is not None:
             self._apply(changed)
+
+    async def collect(self) -> None:
+        """Have the store take the record segments a router left behind (its node lost)."""
+        with contextlib.suppress(ShipyardError):  # the store away: the next round takes them
+            await self.store.collect(self.cfg.ab.recover_after_s)
 
     async def check_health(self) -> None:
         """Variants that say they have not loaded go out of routing (`VariantPool`); capture
@@ -212,6 +223,19 @@ class Router:
         body: PredictRequest,
         x_shipyard_key: KeyHeader = None,
         x_shipyard_variant: VariantHeader = None,
+    ) -> JSONResponse:
+        """`_predict`'s answer, held until the request's A/B record is in a written segment
+        (`ab.durable_answers`): an answered request survives the router's death."""
+        try:
+            return await self._predict(body, x_shipyard_key, x_shipyard_variant)
+        finally:
+            await self.records.saved()
+
+    async def _predict(
+        self,
+        body: PredictRequest,
+        x_shipyard_key: KeyHeader,
+        x_shipyard_variant: VariantHeader,
     ) -> JSONResponse:
         """Answer with the variant the key is routed to. What a failure counts against is
         decided here, and only a variant's own failure counts against it:
@@ -356,8 +380,10 @@ class Router:
     async def ab(self) -> JSONResponse:
         await self.records.flush()
         report = await self.store.report()
+        segments = self.records.segments
         report["router"] = {
             "dropped_records": self.records.dropped,
+            "records": segments.stats() if segments is not None else {"durable_answers": False},
             "capture": self.capture.stats() if self.capture is not None else {"enabled": False},
         }
         return JSONResponse(report)

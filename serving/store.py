@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from serving.settings import AppSettings
+from shipyard.ab import segments
 from shipyard.ab.aliases import AliasStore
 from shipyard.ab.experiment import Experiment
 from shipyard.config.serving import TrafficUpdate
@@ -64,7 +65,7 @@ class ExperimentStore:
         """`aliases`: the registry's aliases (default: the app's MLflow registry);
         `generations`: where written positions are recorded (None: not checked)."""
         self._lock = threading.Lock()
-        state = StateDir(app.state_uri)
+        state = self.state = StateDir(app.state_uri)
         events = EventLog(app.events_path)
         self.experiment = Experiment(
             app.config,
@@ -117,6 +118,10 @@ class ExperimentStore:
 
     async def ingest(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return await self._run(self.experiment.ingest, records)
+
+    async def collect(self, grace_s: float) -> dict[str, int]:
+        """Ingest the record segments routers left behind (`shipyard.ab.segments`)."""
+        return await self._run(segments.collect, self.state, self.experiment.recover, grace_s)
 
     async def feedback(self, request_id: str, outcome: float) -> dict[str, Any]:
         return await self._run(self.experiment.feedback, request_id, outcome)

@@ -48,6 +48,11 @@ class StoreClient:
     async def ingest(self, rows: list[dict[str, Any]]) -> Any:
         return await self._write(lambda: self.handle.ingest.remote(rows))
 
+    async def collect(self, grace_s: float) -> dict[str, int]:
+        """Have the store take the segments routers left (`shipyard.ab.segments.collect`)."""
+        found: dict[str, int] = await self._write(lambda: self.handle.collect.remote(grace_s))
+        return found
+
     async def feedback(self, request_id: str, outcome: float) -> dict[str, Any]:
         answer: dict[str, Any] = await self._write(
             lambda: self.handle.feedback.remote(request_id, outcome)

@@ -79,6 +79,7 @@ class App:
         settings = AppSettings(config=cfg, versions=versions, state_uri=str(tmp / "state"),
                                review_dir=str(tmp / "state"),
                                events_path=str(tmp / "events.jsonl"))  # fmt: skip
+        self.settings = settings
         self.aliases = Aliases()
         self.aliases.table = {"champion": 1, "challenger": 2}
         self.store = ExperimentStore(settings, aliases=self.aliases)

@@ -99,6 +99,7 @@ class Experiment:
             max_index=max_index, max_pending=cfg.limits.max_pending_feedback, clock=clock
         )
         self.started = self.clock()
+        self.recovered = 0  # rows taken from segments routers left, since this replica started
         if self.durable is not None:
             self._restore(self.durable)
 
@@ -206,6 +207,14 @@ class Experiment:
         actions = self.check_guardrails()
         self.save()
         return actions
+
+    def recover(self, rows: list[dict[str, Any]]) -> int:
+        """Rows from a segment a router left (`shipyard.ab.segments.collect`), ingested as a
+        router's batch; how many were new (not delivered by the router before it went)."""
+        new = sum(1 for r in rows if "id" not in r or not self.joins.seen(r["id"]))
+        self.ingest(rows)
+        self.recovered += new
+        return new
 
     def _apply_ingest(self, rows: list[dict[str, Any]], count: bool) -> None:
         """`count=False`: only the join index (entries a snapshot already counted)."""
@@ -343,4 +352,6 @@ class Experiment:
 
     def storage_report(self) -> dict[str, Any] | None:
         """Where the state is and how far it has been written (GET /ab -> store)."""
-        return self.durable.report() if self.durable is not None else None
+        if self.durable is None:
+            return None
+        return {**self.durable.report(), "recovered_rows": self.recovered}

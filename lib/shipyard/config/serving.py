@@ -138,6 +138,19 @@ class ABSection(Strict):
     higher_is_better: bool = Field(
         True, description="Whether a larger outcome is an improvement (conversion, revenue)."
     )
+    durable_answers: bool = Field(
+        True,
+        description="Hold each /predict answer until its A/B record is written to the router's "
+        "own segment under state_uri (group commit: one write serves every request waiting "
+        "then; ~1 write's latency added). A router killed outright then loses no answered "
+        "request: the store ingests the segments it left. Off: records reach the store every "
+        "0.2 s from memory, and a killed router loses those in flight.",
+    )
+    recover_after_s: PositiveFloat = Field(
+        10.0,
+        description="A segment older than this that its router has not deleted (the router "
+        "died, or could not reach the store) is ingested by the store.",
+    )
 
 
 class Limits(Strict):
