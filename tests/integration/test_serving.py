@@ -1067,7 +1067,8 @@ def test_a_killed_router_loses_no_answered_request(client: Client) -> None:
     def send(worker: int) -> None:
         session, i = requests.Session(), 0
         while not stop.is_set():
-            body = {"instances": client.records[i % 50 : i % 50 + 1], "key": f"kill-{worker}-{i}"}
+            body: dict[str, Any] = {"instances": client.records[i % 50 : i % 50 + 1],
+                                    "key": f"kill-{worker}-{i}"}  # fmt: skip
             try:
                 r = session.post(f"{url}/predict", json=body, timeout=15)
             except requests.RequestException as err:
