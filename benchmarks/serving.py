@@ -182,6 +182,8 @@ TURNS = 2
 TOGGLES: dict[str, dict[str, Any]] = {
     "drift": {"drift": {"enabled": False}},  # drift logging: replicas feed the drift actors
     "capture": {"capture": {"enabled": False}},  # request capture: Parquet under state_uri
+    # An answer held until its A/B record's segment is written (a killed router loses none).
+    "durable_answers": {"ab": {"durable_answers": False}},
 }
 
 SERVE_MODES = {
@@ -366,11 +368,13 @@ def table(r: dict[str, Any]) -> str:
                 f"| {name} — {mode} | {v:,.0f} | {v / r['ort_rows_per_s']:.2f} | "
                 f"{v / r['bare_batched']['rows_per_s']:.2f} |"
             )
-    lines += ["", "What drift logging and request capture cost (the same app with the part on vs "
+    lines += ["", "What drift logging, request capture and durable answers cost (the same app "
+              "with the part on vs "
               "off, measured in turns), single records:",
               "", "| part | Serve mode | p50 on | p50 off | p50 on/off | requests/s on/off | goal |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
-    goals = {"drift": "p50 <= 1.05", "capture": "p50 and requests/s within 5%"}
+    goals = {"drift": "p50 <= 1.05", "capture": "p50 and requests/s within 5%",
+             "durable_answers": "none (what no loss on a router's death costs)"}  # fmt: skip
     for part in TOGGLES:
         for mode in SERVE_MODES:
             t = r[mode].get("toggle_turns", {}).get(part)
