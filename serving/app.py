@@ -23,7 +23,8 @@ from serving.router import Ingress
 from serving.settings import AppSettings
 from serving.store import ExperimentStore
 from shipyard.config.serving import ServingConfig, Variant, load_serving_args, safe_name
-from shipyard.contract import STATE_URI_ENV, project_root
+from shipyard.contract import SERVING_NODES_ENV, STATE_URI_ENV, project_root
+from shipyard.errors import ConfigError
 from shipyard.monitoring.retrain import resolve_job_config
 from shipyard.registry import Registry, resolve_tracking_uri, shipyard_home
 from shipyard.storage import StateDir
@@ -41,6 +42,22 @@ def resolve_versions(cfg: ServingConfig, registry: Registry) -> dict[str, int]:
             shutil.rmtree(path.parent, ignore_errors=True)
         versions[v.name] = number
     return versions
+
+
+def placement(cfg: ServingConfig) -> dict[str, Any]:
+    """Ray actor options that keep the app's stateful parts on the labelled nodes (the config's
+    `placement`, else $SHIPYARD_SERVING_NODES as `key=value,...`; none: any node)."""
+    labels = cfg.placement
+    if labels is None:
+        raw = os.environ.get(SERVING_NODES_ENV, "").strip()
+        pairs = [p.partition("=") for p in raw.split(",") if p.strip()]
+        if any(not k.strip() or not sep or not v.strip() for k, sep, v in pairs):
+            raise ConfigError(
+                f"{SERVING_NODES_ENV}={raw!r}: expected key=value[,key=value...], e.g. "
+                "shipyard.io/capacity=on-demand"
+            )
+        labels = {k.strip(): v.strip() for k, _, v in pairs}
+    return {"label_selector": dict(labels)} if labels else {}
 
 
 def _scaling(v: Variant) -> dict[str, Any]:
@@ -84,7 +101,8 @@ def build_app(args: dict[str, Any]) -> Application:
     if cfg.on_drift == "retrain" and cfg.retrain.job_config:  # refuse a missing file now
         resolve_job_config(cfg.retrain.job_config, project_root())
     app = app_settings(cfg)
-    one: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
+    stateful = {"num_cpus": 0, **placement(cfg)}
+    one: dict[str, Any] = {"num_replicas": 1, "ray_actor_options": stateful}
     store = serve.deployment(name="experiment", **one)(ExperimentStore).bind(app)
     retrain = None
     if cfg.on_drift == "retrain":
@@ -111,6 +129,6 @@ def build_app(args: dict[str, Any]) -> Application:
         name="router",
         num_replicas=cfg.router_replicas,
         user_config=cfg.traffic(),
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=stateful,
         max_ongoing_requests=1000,
     )(Ingress).bind(app, models, store, drifts, retrain)

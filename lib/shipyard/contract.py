@@ -30,6 +30,7 @@ CURVE_RESULT_TAG = "SHIPYARD_LEARNING_CURVE"  # jobs.learning_curve
 # --- environment names ------------------------------------------------------------------------
 HOME_ENV = "SHIPYARD_HOME"  # local state: tracking store, checkpoints, events
 STATE_URI_ENV = "SHIPYARD_STATE_URI"  # serving state of every app: <uri>/<model>
+SERVING_NODES_ENV = "SHIPYARD_SERVING_NODES"  # key=value,...: labels of the nodes state runs on
 TRIGGER_ENV = "SHIPYARD_TRIGGER"  # JSON: why a run exists (set by the retrain coordinator)
 COMMIT_ENV, DIRTY_ENV = "SHIPYARD_GIT_COMMIT", "SHIPYARD_GIT_DIRTY"  # set by submitters
 WEBHOOK_ENV = "SHIPYARD_WEBHOOK_URL"

@@ -184,3 +184,31 @@ def test_serving_state_is_on_object_storage_on_every_cluster(name: str) -> None:
         uris = re.findall(r"--env SHIPYARD_STATE_URI=(\S+)", text)
     assert uris, f"{name} sets no SHIPYARD_STATE_URI"
     assert all(re.fullmatch(r"(s3|gs)://[A-Za-z0-9-]+/serving", u) for u in uris), uris
+
+
+def _labels(node: Any) -> list[dict[str, str]]:
+    """Every `labels:` mapping of a node type or worker group (Ray's node labels)."""
+    if isinstance(node, dict):
+        here = [node["labels"]] if isinstance(node.get("labels"), dict) else []
+        return here + [x for child in node.values() for x in _labels(child)]
+    if isinstance(node, list):
+        return [x for child in node for x in _labels(child)]
+    return []
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml", "kuberay/raycluster.yaml",
+                                  "kuberay/rayservice.yaml"])  # fmt: skip
+def test_serving_state_runs_on_on_demand_nodes_on_every_cluster(name: str) -> None:
+    """The router, store, drift actors and retrain coordinator ask for on-demand nodes
+    (SHIPYARD_SERVING_NODES), and every cluster has a node type carrying that label."""
+    import re
+
+    text = (CLUSTER / name).read_text()
+    docs = list(yaml.safe_load_all(text))
+    if name.startswith("kuberay/"):
+        values = [v for doc in docs for v in _env_values(doc, "SHIPYARD_SERVING_NODES")]
+    else:
+        values = re.findall(r"--env SHIPYARD_SERVING_NODES=(\S+)", text)
+    assert values and set(values) == {"shipyard.io/capacity=on-demand"}, values
+    labels = [x for doc in docs for x in _labels(doc)]
+    assert {"shipyard.io/capacity": "on-demand"} in labels, labels

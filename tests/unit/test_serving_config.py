@@ -118,3 +118,24 @@ def test_drift_section_maps_onto_the_statistics_settings() -> None:
     s = DriftSection(window_rows=123, correction="bh", psi_threshold=0.05).settings()
     assert (s.window_rows, s.correction, s.psi_threshold) == (123, "bh", 0.05)
     assert DriftSection().settings() == DriftSettings()  # one set of defaults
+
+
+def test_stateful_parts_go_where_the_placement_labels_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router, store, drift actors and retrain coordinator ask Serve for the labelled nodes:
+    from the variants file, else $SHIPYARD_SERVING_NODES; what Ray's own schema accepts."""
+    from ray.serve.schema import RayActorOptionsSchema
+
+    from serving.app import placement
+
+    args = {"model": "m", "variants": [{"name": "a", "version": 1, "weight": 1}]}
+    monkeypatch.delenv("SHIPYARD_SERVING_NODES", raising=False)
+    assert placement(parse_serving_config(args)) == {}  # a laptop: any node
+    monkeypatch.setenv("SHIPYARD_SERVING_NODES", "shipyard.io/capacity=on-demand, zone=a")
+    options = placement(parse_serving_config(args))
+    assert options == {"label_selector": {"shipyard.io/capacity": "on-demand", "zone": "a"}}
+    RayActorOptionsSchema(num_cpus=0, **options)  # Serve would take it
+    own = parse_serving_config({**args, "placement": {"pool": "serving"}})
+    assert placement(own) == {"label_selector": {"pool": "serving"}}  # the file wins
+    monkeypatch.setenv("SHIPYARD_SERVING_NODES", "on-demand")
+    with pytest.raises(ConfigError, match="SHIPYARD_SERVING_NODES='on-demand': expected key=value"):
+        placement(parse_serving_config(args))

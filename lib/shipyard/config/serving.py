@@ -340,6 +340,14 @@ class ServingConfig(Strict):
         "open when it is unset (a laptop). On a cluster, set it from a secret.",
     )
     router_replicas: PositiveInt = Field(1, description="Router (ingress) replicas.")
+    placement: dict[str, str] | None = Field(
+        None,
+        description="Node labels (Ray's label selector) that the router, the experiment store, "
+        "the drift actors and the retrain coordinator need, e.g. {shipyard.io/capacity: "
+        "on-demand}: they hold state whose loss costs a restart, so they stay off spot nodes "
+        "(variants hold none and run anywhere). Unset: $SHIPYARD_SERVING_NODES "
+        "(key=value,...; the cluster configs set it), else any node.",
+    )
     guardrails: Guardrails = Field(default_factory=Guardrails, description="Automatic rollback.")
     ab: ABSection = Field(default_factory=ABSection, description="A/B statistics.")
     limits: Limits = Field(default_factory=Limits, description="Request limits.")
