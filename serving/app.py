@@ -60,6 +60,10 @@ def placement(cfg: ServingConfig) -> dict[str, Any]:
     return {"label_selector": dict(labels)} if labels else {}
 
 
+def _spread(per_node: int | None) -> dict[str, Any]:
+    return {"max_replicas_per_node": per_node} if per_node is not None else {}
+
+
 def _scaling(v: Variant) -> dict[str, Any]:
     if v.num_replicas is not None:
         return {"num_replicas": v.num_replicas}
@@ -122,6 +126,7 @@ def build_app(args: dict[str, Any]) -> Application:
             ray_actor_options={"num_cpus": v.num_cpus},
             max_ongoing_requests=max(32, 2 * v.max_batch_size),
             **_scaling(v),
+            **_spread(v.max_replicas_per_node),
         )(VariantModel).bind(app, v.name, drift=drifts.get(v.name))
         for v in cfg.variants
     }
@@ -131,4 +136,5 @@ def build_app(args: dict[str, Any]) -> Application:
         user_config=cfg.traffic(),
         ray_actor_options=stateful,
         max_ongoing_requests=1000,
+        **_spread(cfg.router_max_replicas_per_node),
     )(Ingress).bind(app, models, store, drifts, retrain)

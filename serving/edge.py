@@ -156,7 +156,12 @@ class FeedbackRequest(Body):
 
 class FeedbackResponse(BaseModel):
     request_id: str
-    joined: bool = Field(description="False: the request is not known yet; kept as pending.")
+    joined: bool = Field(
+        description="True: counted for the variant that answered. False with status pending "
+        "(HTTP 202): the request is not known yet, held until it arrives; with status "
+        "not_counted: the request failed or another variant answered it, so the outcome counts "
+        "for none (kept, and GET /ab counts it as feedback_not_counted)."
+    )
     status: str | None = None
     variant: str | None = None
     model_version: int | None = None

@@ -4,7 +4,8 @@ and which variants are out of routing because their bundle did not load.
 A variant's timeout is an UpstreamTimeout (504); a failure the variant caused is Unavailable
 (503); the variant's own typed errors (a record it refused) pass through. A treatment that
 control could stand in for is given up on sooner (limits.fallback_after_s: Unresponsive) and
-leaves routing. The health check asks every variant whether it has loaded: one that says no, or
+leaves routing; a call nothing can stand in for is sent once more after that long (a replica on
+a lost node hangs until Ray declares the node dead), and the first answer wins. The health check asks every variant whether it has loaded: one that says no, or
 that was given up on, is out of routing (with its reason) until it answers that it has; one that
 does not answer the probe in time keeps its state (Serve restarts dead replicas, and a busy one
 is not a broken one).
@@ -17,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from serving.calls import within
+from serving.calls import awaited, within
 from shipyard.config.serving import Limits
 from shipyard.errors import ShipyardError, Unavailable, Unresponsive, UpstreamTimeout
 
@@ -41,7 +42,7 @@ class VariantPool:
         answers the health probe: a variant on a lost node stops costing requests at once."""
         call = lambda: self.handles[variant].predict.remote(instances)  # noqa: E731
         if not fallback:
-            out: dict[str, Any] = await self._call(variant, call)
+            out: dict[str, Any] = await self._hedged(variant, call)
             return out
         try:
             out = await self._call(variant, call, self.limits.fallback_after_s, Unresponsive)
@@ -83,6 +84,44 @@ class VariantPool:
             elif name not in self.down:
                 self.down[name] = f"variant {name!r} has not loaded: {info.get('error')}"
                 logger.warning("%s: out of routing", self.down[name])
+
+    async def _hedged(self, variant: str, call: Callable[[], Any]) -> Any:
+        """A call no other variant can stand in for (control's): sent once more if it has not
+        answered within limits.fallback_after_s, since its replica may be on a lost node, which
+        Ray takes 10-15 s to declare dead (Serve sends the second to a replica that answers its
+        queue probes); the first answer wins, both within limits.timeout_s."""
+        timeout = self.limits.timeout_s
+        hedge_after = min(self.limits.fallback_after_s, timeout)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        calls: dict[asyncio.Future[Any], Any] = {}
+        try:
+            response = call()
+            calls[asyncio.ensure_future(awaited(response))] = response
+            done, _ = await asyncio.wait(set(calls), timeout=hedge_after)
+            if not done and hedge_after < timeout:
+                logger.info("variant %s: no answer in %g s, asking again", variant, hedge_after)
+                response = call()
+                calls[asyncio.ensure_future(awaited(response))] = response
+                done, _ = await asyncio.wait(
+                    set(calls), timeout=timeout - (loop.time() - started),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+            if not done:
+                raise UpstreamTimeout(
+                    f"the model of variant {variant!r} did not answer within {timeout:g} s"
+                )
+            return next(iter(done)).result()
+        except ShipyardError:
+            raise
+        except Exception as err:
+            logger.warning("variant %s failed: %s", variant, err)
+            raise Unavailable(f"variant {variant!r}: model failed") from None
+        finally:
+            for future, pending in calls.items():
+                if not future.done():
+                    future.cancel()
+                    pending.cancel()
 
     async def _call(
         self,

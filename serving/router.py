@@ -369,7 +369,9 @@ class Router:
             self.capture.add_feedback(body.request_id, outcome, ok["joined"], ok.get("variant"))
         if ok["joined"] and self.cfg.performance.outcome_is_label and ok["variant"] in self.drifts:
             self._tell_drift(ok["variant"], ok["prediction"], outcome)
-        return JSONResponse(ok, status_code=200 if ok["joined"] else 202)
+        # 202: held until its request arrives; 200: joined, or kept as not counted (the
+        # request failed, or another variant answered it: it counts for no variant)
+        return JSONResponse(ok, status_code=202 if ok.get("status") == "pending" else 200)
 
     def _tell_drift(self, variant: str, prediction: Any, outcome: float) -> None:
         """Performance drift: the labelled prediction goes to the variant's drift actor, off the

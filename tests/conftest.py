@@ -26,10 +26,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def ray_group(nodeid: str) -> str | None:
     """Which Ray cluster a test runs on, for pytest-xdist: "session" for the tests on the
     session's cluster (one cluster, one training run, one serving app), "cluster" for the
-    autoscaling cluster's drills, None for a unit test (no cluster)."""
+    autoscaling cluster's drills, "nodes" for the node-loss drill's multi-node cluster, None for
+    a unit test (no cluster)."""
     path = nodeid.split("::", 1)[0]
     if path.startswith("tests/integration/test_cluster.py"):
         return "cluster"
+    if path.startswith("tests/integration/test_node_loss.py"):
+        return "nodes"  # a multi-node cluster of its own, beside the session's tests
     if path.startswith(("tests/integration/", "tests/model/")):
         return "session"
     return None
@@ -46,8 +49,8 @@ CLUSTER_TAIL = (
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`make test` runs on two pytest-xdist workers: first the autoscaling cluster's drills,
-    alone; then the session's tests on one worker and, on the other, the cluster's waiting tail
-    and the unit tests. Every test of a Ray group runs in one worker, in file order, so each
+    alone; then the session's tests on one worker and, on the other, the cluster's waiting tail,
+    the node-loss drill (its own cluster) and the unit tests. Every test of a Ray group runs in one worker, in file order, so each
     cluster is started once. The drills run alone because beside other work they lose the races
     they are built on (tried with the unit tests beside them: in 3 runs of 4 a node lost mid-run
     was released before the kill, a resumed run restarted from round 0, or a tuning trial did not

@@ -200,6 +200,35 @@ def test_failed_registry_update_leaves_traffic_alone(exp: Experiment) -> None:
     assert exp.snapshot() == before
 
 
+def test_an_outcome_of_a_request_that_counts_for_no_variant_is_kept_not_held(
+    tmp_path: Path,
+) -> None:
+    """A request another variant answered (its own was out of routing, or failed) counts for
+    no variant's outcomes: its outcome is kept as not counted, at once or when the request
+    arrives after it, never held as pending for a request that came already (found losing a
+    node: 20 outcomes waited forever); sent again, a 409; a restart keeps all of it."""
+    kw = {"state": StateDir(tmp_path / "s"), "aliases": FakeAliases({"champion": 1})}
+    first = Experiment(config(), VERSIONS, **kw)  # type: ignore[arg-type]
+    rerouted = requests_for("treatment", 1, rerouted=True)
+    failed = requests_for("treatment", 1, status=504)  # control answered the client
+    first.ingest(rerouted + failed)
+    assert first.feedback(rerouted[0]["id"], 1)["status"] == "not_counted"
+    early = requests_for("treatment", 1, rerouted=True)
+    assert first.feedback(early[0]["id"], 0)["status"] == "pending"
+    first.ingest(early)  # its request came after it
+    assert first.feedback(failed[0]["id"], 1)["status"] == "not_counted"
+    report = first.report()
+    assert report["feedback_pending"] == 0 and report["feedback_not_counted"] == 3
+    assert sum(v["outcomes"] for v in report["variants"].values()) == 0
+    with pytest.raises(Conflict):
+        first.feedback(early[0]["id"], 1)
+    again = Experiment(config(), VERSIONS, **kw)  # type: ignore[arg-type]
+    assert again.report()["feedback_not_counted"] == 3 and again.report()["feedback_pending"] == 0
+    for r in rerouted + failed + early:
+        with pytest.raises(Conflict):
+            again.feedback(r["id"], 1)
+
+
 def test_restart_resumes_split_statistics_and_joins(tmp_path: Path) -> None:
     kw = {"state": StateDir(tmp_path / "s"), "aliases": FakeAliases({"champion": 1})}
     first = Experiment(config(), VERSIONS, **kw)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,58 @@ def test_a_flush_returns_once_the_rows_before_it_reached_the_store() -> None:
         await background
 
     asyncio.run(scenario())
+
+
+def test_a_call_nothing_can_stand_in_for_is_sent_again_and_the_first_answer_wins() -> None:
+    """Control's replica on a lost node hangs (Ray declares the node dead 10-15 s later): past
+    limits.fallback_after_s the pool asks once more, and Serve sends that to a replica that
+    answers; the hung call is cancelled. A replica that answers at once is asked once."""
+    from serving.pool import VariantPool
+    from shipyard.config.serving import Limits
+    from shipyard.errors import UpstreamTimeout
+
+    class Replicas:
+        """Two replicas behind one handle: the first call lands on the dead one."""
+
+        def __init__(self, dead_first: bool) -> None:
+            self.calls, self.cancelled, self.dead_first = 0, 0, dead_first
+
+        async def predict(self, instances: list[Any]) -> dict[str, Any]:
+            self.calls += 1
+            if self.dead_first and self.calls == 1:
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    self.cancelled += 1
+                    raise
+            return Model("control").predict(instances)
+
+    async def scenario(replicas: Replicas, limits: Limits) -> tuple[Any, float]:
+        pool = VariantPool({"control": Handle(replicas)}, limits)
+        started = time.monotonic()
+        try:
+            out: Any = await pool.predict("control", [{"x": 7}])
+        except UpstreamTimeout as err:
+            out = err
+        await asyncio.sleep(0.05)  # the cancelled call's cleanup
+        return out, time.monotonic() - started
+
+    limits = Limits(fallback_after_s=0.2, timeout_s=5)
+    hung = Replicas(dead_first=True)
+    out, took = asyncio.run(scenario(hung, limits))
+    assert out["probabilities"] == [0.7] and 0.2 <= took < 2, (out, took)
+    assert hung.calls == 2 and hung.cancelled == 1
+    healthy = Replicas(dead_first=False)
+    out, _ = asyncio.run(scenario(healthy, limits))
+    assert out["probabilities"] == [0.7] and healthy.calls == 1
+
+    class Dead(Replicas):
+        async def predict(self, instances: list[Any]) -> dict[str, Any]:
+            self.calls += 1
+            await asyncio.sleep(60)
+            return {}
+
+    dead = Dead(dead_first=True)
+    out, took = asyncio.run(scenario(dead, Limits(fallback_after_s=0.2, timeout_s=0.6)))
+    assert isinstance(out, UpstreamTimeout) and "within 0.6 s" in out.message and took < 2
+    assert dead.calls == 2

@@ -46,6 +46,7 @@ def state_of(exp: ExperimentState) -> dict[str, Any]:
         "pending": {k: list(v) for k, v in exp.joins.pending.items()},
         "feedback_unmatched": exp.joins.unmatched,
         "feedback_dropped": exp.joins.dropped,
+        "feedback_not_counted": exp.joins.not_counted,
         "started": exp.started,
     }
 
@@ -66,6 +67,7 @@ def load_state(exp: ExperimentState, state: dict[str, Any]) -> None:
     exp.joins.pending = {k: (float(v[0]), float(v[1])) for k, v in state["pending"].items()}
     exp.joins.unmatched = int(state["feedback_unmatched"])
     exp.joins.dropped = int(state["feedback_dropped"])
+    exp.joins.not_counted = int(state.get("feedback_not_counted", 0))
     for n, d in state["stats"].items():
         if n in exp.stats:
             exp.stats[n].load(d)

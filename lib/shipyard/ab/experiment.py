@@ -265,6 +265,8 @@ class Experiment:
 
     def _apply_feedback(self, request_id: str, outcome: float, ts: float) -> dict[str, Any]:
         entry = self.joins.index.get(request_id)
+        if entry is None and self.joins.settle(request_id, outcome):
+            return {"request_id": request_id, "joined": False, "status": "not_counted"}
         if entry is None:
             self.joins.hold(request_id, outcome, ts)
             return {"request_id": request_id, "joined": False, "status": "pending"}
@@ -334,6 +336,7 @@ class Experiment:
             durability.load_state(self, snapshot)
             covered = int(snapshot["seq"])
         replayed = 0
+        early: dict[str, float] = {}  # covered outcomes that came before their request
         for e in entries:
             count = int(e["seq"]) > covered
             replayed += count
@@ -343,8 +346,11 @@ class Experiment:
                 continue
             elif count:
                 self._apply_feedback(e["id"], float(e["outcome"]), float(e["ts"]))
-            else:
-                self.joins.join(e["id"], float(e["outcome"]))
+            elif self.joins.join(e["id"], float(e["outcome"])) is None:
+                early[e["id"]] = float(e["outcome"])
+        for request_id, outcome in early.items():  # counted by the snapshot: marked, not counted
+            if request_id not in self.joins.pending:
+                self.joins.join(request_id, outcome)
         durable.resumed(snapshot, replayed, len(entries))
         if replayed:
             self.check_guardrails()

@@ -103,6 +103,7 @@ def report(exp: ExperimentState) -> dict[str, Any]:
         "feedback_pending": len(exp.joins.pending),
         "feedback_unmatched": exp.joins.unmatched,
         "feedback_dropped": exp.joins.dropped,
+        "feedback_not_counted": exp.joins.not_counted,
         "store": exp.storage_report(),
     }
 

@@ -60,6 +60,7 @@ class SegmentLog:
         self._where: dict[str, str] = {}  # row id -> its segment
         self._unwritten: set[str] = set()  # ids added, not in a written segment yet
         self._taken: set[str] = set()  # of those, ids the store has taken (no write needed)
+        self.done: list[str] = []  # written segments the store had wholly taken meanwhile
 
     def add(self, row: dict[str, Any]) -> None:
         """A record (with its `id`) for the next segment; `saved()` waits for it."""
@@ -112,16 +113,20 @@ class SegmentLog:
             self.written += len(rows)
             ids = {str(r["id"]) for r in rows}
             self._unwritten -= ids
-            if ids:
-                self._live[name] = ids
-                self._where.update(dict.fromkeys(ids, name))
+            live = ids - self._taken  # the store took some while the write was on its way
+            self._taken -= ids
+            if live:
+                self._live[name] = live
+                self._where.update(dict.fromkeys(live, name))
+            elif ids:
+                self.done.append(name)
         finally:
             self.settled += len(fresh)
             self._writing = None
 
     def delivered(self, rows: list[dict[str, Any]]) -> list[str]:
         """The store journaled these rows: the segments now wholly delivered (to delete)."""
-        done = []
+        done, self.done = self.done, []
         for r in rows:
             rid = str(r.get("id"))
             name = self._where.pop(rid, None)

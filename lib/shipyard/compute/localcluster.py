@@ -40,7 +40,14 @@ from ray.autoscaler._private.fake_multi_node.node_provider import (
 )
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 
-from shipyard.compute.localray import LocalCluster, group_alive, proc_stat, ray_env, stop_group
+from shipyard.compute.localray import (
+    LocalCluster,
+    descendants,
+    group_alive,
+    proc_stat,
+    ray_env,
+    stop_group,
+)
 from shipyard.compute.spot import CAPACITY_LABEL
 
 HEAD_TYPE = "ray.head.default"
@@ -243,14 +250,10 @@ def pids_of_node(pgid: int, node_id: str) -> list[int]:
     line: raylet, agents) and all their descendants (the raylet's workers, whose command lines
     are rewritten to `ray::<actor>` and do not show the node id). A real reclaim takes the
     whole VM; killing only the raylet would leave its workers running on a dead node."""
-    parent: dict[int, int] = {}
     roots = []
     for proc in Path("/proc").glob("[0-9]*"):
         stat = proc_stat(proc)
-        if stat is None:
-            continue
-        parent[int(proc.name)] = int(stat[1])
-        if int(stat[2]) != pgid:  # workers have groups of their own: found as descendants
+        if stat is None or int(stat[2]) != pgid:  # workers have groups of their own
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -258,13 +261,7 @@ def pids_of_node(pgid: int, node_id: str) -> list[int]:
             continue
         if node_id in cmdline:
             roots.append(int(proc.name))
-    found = set(roots)
-    grew = True
-    while grew:
-        children = {pid for pid, ppid in parent.items() if ppid in found} - found
-        found |= children
-        grew = bool(children)
-    return sorted(found)
+    return sorted({pid for root in roots for pid in descendants(root)})
 
 
 def preempt(gcs_address: str, pgid: int, node_id: str, notice_s: int = 2) -> list[int]:

@@ -200,3 +200,123 @@ class LocalCluster:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (a node's raylet, agents and the workers they start,
+    whatever process group each is in)."""
+    parent: dict[int, int] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        stat = proc_stat(proc)
+        if stat is not None:
+            parent[int(proc.name)] = int(stat[1])
+    found = {pid} if pid in parent else set()
+    grew = True
+    while grew:
+        children = {p for p, pp in parent.items() if pp in found} - found
+        found |= children
+        grew = bool(children)
+    return sorted(found)
+
+
+class LocalNode:
+    """A worker node joining a `LocalCluster` on this machine (`ray start --address`), with Ray
+    labels of its own: what a multi-node cluster looks like on one machine. `kill()` does what
+    losing the machine does: SIGKILL to its `ray start`, raylet, agents and every worker on it."""
+
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        num_cpus: int = 1,
+        labels: dict[str, str] | None = None,
+        timeout_s: float = 120,
+    ) -> None:
+        self.cluster = cluster
+        self.num_cpus = num_cpus
+        self.labels = labels or {}
+        self.timeout_s = timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.node_id: str | None = None
+
+    def command(self) -> list[str]:
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        cmd = [
+            ray_bin, "start", f"--address={self.cluster.gcs_address}", "--block",
+            f"--num-cpus={self.num_cpus}", "--num-gpus=0", "--node-ip-address=127.0.0.1",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        if self.labels:
+            cmd.append("--labels=" + ",".join(f"{k}={v}" for k, v in self.labels.items()))
+        return cmd
+
+    def start(self) -> LocalNode:
+        """Start the node and wait until the cluster lists it alive (its node id, read from
+        its raylet's command line)."""
+        log = (Path(self.cluster.temp_dir) / f"node-{free_port()}.log").open("wb")
+        self.proc = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT,
+            env={**ray_env(), "TMPDIR": self.cluster.temp_dir, **self.cluster.env},
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start (worker) exited with {self.proc.returncode}")
+            self.node_id = self.node_id or _raylet_node_id(self.proc.pid)
+            if self.node_id and self.node_id in alive_nodes(self.cluster.gcs_address):
+                return self
+            time.sleep(0.5)
+        self.kill()
+        raise TimeoutError(f"the worker node did not join within {self.timeout_s}s")
+
+    def kill(self) -> list[int]:
+        """SIGKILL to the whole node at once (no drain, no graceful stop); the pids killed."""
+        if self.proc is None:
+            return []
+        pids = descendants(self.proc.pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self.proc = None
+        return pids
+
+    def stop(self) -> None:
+        """A graceful stop of this node only, then SIGKILL to whatever of it is left."""
+        if self.proc is None:
+            return
+        pids = descendants(self.proc.pid)
+        stop_group(self.proc.pid, grace_s=5)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self.proc = None
+
+
+def _raylet_node_id(pid: int) -> str | None:
+    """The node id on the command line of the raylet below `pid` (None: not started yet)."""
+    for child in descendants(pid):
+        try:
+            args = (Path(f"/proc/{child}/cmdline")).read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        for arg in args.split("\0"):
+            if arg.startswith("--node_id="):
+                return arg.removeprefix("--node_id=")
+    return None
+
+
+def alive_nodes(gcs_address: str) -> list[str]:
+    """Ids (hex) of the cluster's alive nodes, head included."""
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
+    from ray.core.generated import gcs_pb2
+
+    infos = GcsClient(address=gcs_address).get_all_node_info().values()
+    return [i.node_id.hex() for i in infos if i.state == gcs_pb2.GcsNodeInfo.ALIVE]

@@ -52,6 +52,13 @@ class Faults(Strict):
     latency_ms: NonNegativeFloat = Field(0.0, description="Delay added to every request (ms).")
 
 
+SPREAD = (
+    "Serve's max_replicas_per_node: 1 puts every replica on a node of its own, so a lost node "
+    "takes one of them, not all (a replica with no node left for it waits). Unset: Serve places "
+    "them, several per node when it likes."
+)
+
+
 class Variant(Strict):
     name: str = Field(description="Variant name, unique in the app.", pattern=NAME_PATTERN)
     version: int | str = Field(
@@ -74,6 +81,7 @@ class Variant(Strict):
     autoscaling: Autoscaling = Field(
         default_factory=Autoscaling, description="Used when num_replicas is unset."
     )
+    max_replicas_per_node: PositiveInt | None = Field(None, description=SPREAD)
     num_cpus: NonNegativeFloat = Field(0.5, description="CPUs reserved per replica.")
     onnx_threads: PositiveInt = Field(1, description="ONNX Runtime intra-op threads.")
     max_batch_size: PositiveInt = Field(
@@ -340,6 +348,7 @@ class ServingConfig(Strict):
         "open when it is unset (a laptop). On a cluster, set it from a secret.",
     )
     router_replicas: PositiveInt = Field(1, description="Router (ingress) replicas.")
+    router_max_replicas_per_node: PositiveInt | None = Field(None, description=SPREAD)
     placement: dict[str, str] | None = Field(
         None,
         description="Node labels (Ray's label selector) that the router, the experiment store, "
