@@ -229,6 +229,7 @@ class Job:
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=self.out, stderr=self.err, text=True
         )
+        self.done: subprocess.CompletedProcess[str] | None = None
 
     def stop(self) -> None:
         """Kill the job if it is still running (a teardown: only what this test started)."""
@@ -237,18 +238,22 @@ class Job:
             self.proc.wait(timeout=30)
 
     def finish(self, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Wait for the job; its outcome (the same one to every caller: several modules may
+        wait for one session job)."""
+        if self.done is not None:
+            return self.done
         try:
             self.proc.wait(timeout=timeout)
         finally:
             self.stop()
         self.out.seek(0)
         self.err.seek(0)
-        done = subprocess.CompletedProcess(
+        self.done = subprocess.CompletedProcess(
             self.cmd, self.proc.returncode, self.out.read(), self.err.read()
         )
         self.out.close()
         self.err.close()
-        return done
+        return self.done
 
 
 def submitted(cluster: Any, job_env: dict[str, str], args: list[str], logs: Path) -> Job:
