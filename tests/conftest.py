@@ -360,3 +360,21 @@ def registry(job_env: dict[str, str]) -> Any:
     from shipyard.registry import Registry
 
     return Registry(job_env["MLFLOW_TRACKING_URI"])
+
+
+def serve_deploy(address: str, args: dict[str, Any], path: Path) -> int:
+    """`serve deploy` of a config file (written to `path`) with one Shipyard app, "shipyard" at
+    "/", built from `args` on the cluster; Serve's HTTP on a free 127.0.0.1 port, returned."""
+    from shipyard.compute.localray import free_port, ray_env
+
+    port = free_port()
+    config = {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [{"name": "shipyard", "route_prefix": "/",
+                          "import_path": "serving.app:build_app", "args": args}],
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    subprocess.run([serve_bin, "deploy", str(path), "--address", address],
+                   env=ray_env(), check=True, capture_output=True, timeout=120)  # fmt: skip
+    return port

@@ -12,21 +12,17 @@ arrived); the drift actors answer again and count what they lost.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import yaml
 
-from tests.conftest import ADMIN_TOKEN, SERVE_ENV
+from tests.conftest import ADMIN_TOKEN, SERVE_ENV, serve_deploy
 from tests.s3server import BUCKET
 
 LABEL = {"shipyard.io/capacity": "on-demand"}
@@ -63,7 +59,7 @@ class Drill:
 @pytest.fixture(scope="module")
 def drill(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[Drill]:
     from benchmarks.serving import MODEL, make_model
-    from shipyard.compute.localray import LocalCluster, LocalNode, free_port, ray_env
+    from shipyard.compute.localray import LocalCluster, LocalNode
 
     home = tmp_path_factory.mktemp("node-loss")
     uri, _, records = make_model(home, rows=4000)
@@ -92,16 +88,7 @@ def drill(tmp_path_factory: pytest.TempPathFactory, s3_server: Any) -> Iterator[
                           "checkpoint_s": 1.0},
                 "capture": {"file_s": 2.0},
             }  # fmt: skip
-            config = {
-                "http_options": {"host": "127.0.0.1", "port": free_port()},
-                "applications": [{"name": "shipyard", "route_prefix": "/",
-                                  "import_path": "serving.app:build_app", "args": args}],
-            }  # fmt: skip
-            path = home / "serve.yaml"
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
-            serve_bin = str(Path(sys.executable).with_name("serve"))
-            subprocess.run([serve_bin, "deploy", str(path), "--address", head.address],
-                           env=ray_env(), check=True, capture_output=True, timeout=120)  # fmt: skip
+            serve_deploy(head.address, args, home / "serve.yaml")
             d = Drill(head, workers, records)
             deadline = time.monotonic() + 240
             while len(d.urls()) < 2 or not all(_healthy(u) for u in d.urls()):

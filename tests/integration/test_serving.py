@@ -29,11 +29,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-import yaml
 from scipy import stats
 
 from shipyard.ab.routing import Allocation, bucket_of
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, serve_deploy
 from tests.s3server import BUCKET
 
 SERVE_MODEL = "churn-serve"
@@ -173,24 +172,13 @@ def client(
     from ray import serve
 
     from shipyard.compute.ingress import direct_urls
-    from shipyard.compute.localray import free_port, ray_env
 
     if not ray.is_initialized():
         ray.init(address=cluster.gcs_address, logging_level=logging.WARNING, log_to_driver=False)
-    port = free_port()
     frame = pd.read_parquet(sorted(dataset.glob("*.parquet"))[0]).head(200)
     records = json.loads(frame.drop(columns=["ts"]).to_json(orient="records"))
-    config = {
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{"name": "shipyard", "route_prefix": "/",
-                          "import_path": "serving.app:build_app",
-                          "args": app_args(home, **retrain_args(home, dataset))}],
-    }  # fmt: skip
-    path = home / "serve-test.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    serve_bin = str(Path(sys.executable).with_name("serve"))
-    subprocess.run([serve_bin, "deploy", str(path), "--address", cluster.address],
-                   env=ray_env(), check=True, capture_output=True, timeout=120)  # fmt: skip
+    args = app_args(home, **retrain_args(home, dataset))
+    port = serve_deploy(cluster.address, args, home / "serve-test.yaml")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -275,9 +275,18 @@ class LocalNode:
 
     def kill(self) -> list[int]:
         """SIGKILL to the whole node at once (no drain, no graceful stop); the pids killed."""
+        return self._end(graceful=False)
+
+    def stop(self) -> None:
+        """A graceful stop of this node only, then SIGKILL to whatever of it is left."""
+        self._end(graceful=True)
+
+    def _end(self, graceful: bool) -> list[int]:
         if self.proc is None:
             return []
-        pids = descendants(self.proc.pid)
+        pids = descendants(self.proc.pid)  # before the stop: workers outlive their raylet
+        if graceful:
+            stop_group(self.proc.pid, grace_s=5)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -285,19 +294,6 @@ class LocalNode:
             self.proc.wait(timeout=5)
         self.proc = None
         return pids
-
-    def stop(self) -> None:
-        """A graceful stop of this node only, then SIGKILL to whatever of it is left."""
-        if self.proc is None:
-            return
-        pids = descendants(self.proc.pid)
-        stop_group(self.proc.pid, grace_s=5)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        self.proc = None
 
 
 def _raylet_node_id(pid: int) -> str | None:
