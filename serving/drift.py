@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from serving.settings import AppSettings
+from serving.store import Generations
 from shipyard.config.serving import DriftSection
-from shipyard.errors import StorageError
+from shipyard.errors import Fenced, StaleState, StorageError
 from shipyard.events import EventLog
 from shipyard.monitoring.drift import PREDICTION, DriftMonitor, Reference
 from shipyard.monitoring.performance import PerformanceMonitor
@@ -163,8 +164,10 @@ class DriftActor:
         variant: str,
         loader: Loader | None = None,
         retrain: Any = None,
+        generations: Callable[[str], Any] | None = Generations,
     ) -> None:
-        """`retrain`: the retraining coordinator (a handle; on_drift: retrain), told of drifts."""
+        """`retrain`: the retraining coordinator (a handle; on_drift: retrain), told of drifts;
+        `generations`: where each save's number is recorded cluster-wide (None: not checked)."""
         cfg = app.config
         model, version, section = app.model, app.versions[variant], cfg.drift
         with (loader or registry_loader)(model, version, app.tracking_uri) as bundle:
@@ -192,6 +195,12 @@ class DriftActor:
         self.dropped: dict[str, int] = {}  # replica -> rows it could not deliver (cumulative)
         self.received: dict[str, int] = {}  # replica -> its rows this state holds (cumulative)
         self.lost: dict[str, int] = {}  # replica -> rows delivered to an actor that died unsaved
+        # Each save is numbered and the number kept in Ray's GCS: a replica that finds older
+        # state than that refuses to start, one that finds a newer save than its own stops.
+        self.generation, self.fenced = 0, False
+        self._generations = (
+            generations(f"{self.state.uri}/{self.state_name}") if generations else None
+        )
         self._restore()
         self._dirty = False
         self._saved_at = time.monotonic()
@@ -202,10 +211,14 @@ class DriftActor:
     # -- state --
     def _restore(self) -> None:
         raw = self.state.read(self.state_name)  # StorageError: not started, Serve retries
+        known = self._generations.known() if self._generations is not None else 0
         if raw is None:
+            self._refuse_if_behind(0, known)
             return
         try:
             state = json.loads(raw)
+            self._refuse_if_behind(int(state.get("generation", 0)), known)
+            self.generation = int(state.get("generation", 0))
             self.monitor.restore(state["monitor"])
             self.dropped = {str(k): int(v) for k, v in state.get("dropped", {}).items()}
             self.received = {str(k): int(v) for k, v in state.get("received", {}).items()}
@@ -217,9 +230,23 @@ class DriftActor:
             self.state.write(bad, raw)
             self.state.delete([self.state_name])
             logger.warning("drift state %s unreadable (%s); kept as %s", self.state_name, err, bad)
+            self.generation = known  # starting afresh, after the newest save known
             return
         self.restored_from = {"rows": self.monitor.total_rows, "windows": self.monitor.windows}
         logger.info("drift %s v%d resumed: %s", self.variant, self.version, self.restored_from)
+
+    def _refuse_if_behind(self, found: int, known: int) -> None:
+        if found < known:
+            raise StaleState(
+                f"drift state {self.state.uri}/{self.state_name} is save {found}, but this app "
+                f"has saved up to {known}: older state (a node-local state_uri read on another "
+                "node?); refusing to resume from it. Set state_uri to object storage."
+            )
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica another has saved over since is replaced."""
+        if self.fenced:
+            raise Fenced(f"drift state {self.state_name}: another replica saved it since")
 
     def flush_review(self) -> None:
         """Write the sampled review rows (periodically: one CSV append per checkpoint period)."""
@@ -230,7 +257,18 @@ class DriftActor:
                 logger.warning("review queue %s: %s", self.review.path, err)
 
     def save(self) -> None:
+        """Write the state (a new save number), unless another replica has saved since this one
+        last did: then it stops saving (fenced) and its health check fails."""
+        if self.fenced:
+            return
+        gens = self._generations
+        if gens is not None and gens.known() > self.generation:
+            self.fenced = True
+            logger.error("drift %s: another replica saved its state since; this one stops "
+                         "saving and will be replaced", self.variant)  # fmt: skip
+            return
         state = {"model": self.model, "version": self.version, "variant": self.variant,
+                 "generation": self.generation + 1,
                  "saved_at": time.time(), "monitor": self.monitor.state(),
                  "dropped": self.dropped, "received": self.received, "lost": self.lost,
                  "performance": self.performance.state() if self.performance else None}  # fmt: skip
@@ -239,6 +277,9 @@ class DriftActor:
         except StorageError as err:  # kept dirty: the next checkpoint writes it
             logger.warning("drift state not saved (retried next checkpoint): %s", err)
             return
+        self.generation += 1
+        if gens is not None:
+            gens.record(self.generation)
         self._dirty = False
         self._saved_at = time.monotonic()
 

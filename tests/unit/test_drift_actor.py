@@ -116,7 +116,9 @@ def bundle(tmp_path: Path) -> Path:
     return d
 
 
-def actor(bundle: Path, tmp_path: Path, retrain: Any = None, **sections: Any) -> DriftActor:
+def actor(
+    bundle: Path, tmp_path: Path, retrain: Any = None, generations: Any = None, **sections: Any
+) -> DriftActor:
     """The drift actor of variant `control` (version 3) with config `sections` (performance,
     review) beside a small drift window."""
     config = ServingConfig.model_validate(
@@ -131,6 +133,7 @@ def actor(bundle: Path, tmp_path: Path, retrain: Any = None, **sections: Any) ->
         "control",
         loader=lambda model, version, uri: contextlib.nullcontext(bundle),
         retrain=retrain,
+        generations=generations,
     )
 
 
@@ -300,3 +303,46 @@ def test_a_batch_that_arrived_after_its_send_timed_out_is_not_counted_lost(
 
     status = asyncio.run(run())
     assert status["rows_lost"] == 0 and status["rows"] == 200 and status["dropped_rows"] == 100
+
+
+class Kept:
+    """Ray's GCS key-value store as the actors use it: the newest save number per state file."""
+
+    def __init__(self, table: dict[str, int], key: str) -> None:
+        self.table, self.key = table, key
+
+    def known(self) -> int:
+        return self.table.get(self.key, 0)
+
+    def record(self, seq: int) -> None:
+        self.table[self.key] = seq
+
+
+def test_two_drift_replicas_cannot_overwrite_each_other_and_older_state_is_refused(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """A second replica (a rolling update) resumes the state and saves; the first, saving
+    after it, is fenced: it writes nothing more and fails its health check. A state file older
+    than the newest save the cluster knows (a node-local state_uri read on another node) is
+    refused rather than resumed."""
+    from shipyard.errors import Fenced, StaleState
+
+    table: dict[str, int] = {}
+    gens = lambda key: Kept(table, key)  # noqa: E731
+    first = actor(bundle, tmp_path, generations=gens)
+    feed_, scores = batch_of(2000, 1, "none")
+    asyncio.run(first.ingest({"feed": feed_, "scores": scores, "type_errors": {}}))
+    assert first.generation >= 1 and table and first.generation == next(iter(table.values()))
+    path = tmp_path / "state" / "drift" / first.state_name
+    older = path.read_text()
+    second = actor(bundle, tmp_path, generations=gens)
+    assert second.restored_from == {"rows": 2000, "windows": 1}
+    second.save()
+    first.save()
+    assert first.fenced and json.loads(path.read_text())["generation"] == second.generation
+    with pytest.raises(Fenced):
+        first.check_health()
+    second.check_health()  # the newer one goes on
+    path.write_text(older)  # an older copy of the state, as another node's disk would hold
+    with pytest.raises(StaleState, match="older state"):
+        actor(bundle, tmp_path, generations=gens)
