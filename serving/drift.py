@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.generations import Generations
 from serving.settings import AppSettings
-from serving.store import Generations
 from shipyard.config.serving import DriftSection
 from shipyard.errors import Fenced, StaleState, StorageError
 from shipyard.events import EventLog

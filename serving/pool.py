@@ -5,10 +5,10 @@ A variant's timeout is an UpstreamTimeout (504); a failure the variant caused is
 (503); the variant's own typed errors (a record it refused) pass through. A treatment that
 control could stand in for is given up on sooner (limits.fallback_after_s: Unresponsive) and
 leaves routing; a call nothing can stand in for is sent once more after that long (a replica on
-a lost node hangs until Ray declares the node dead), and the first answer wins. The health check asks every variant whether it has loaded: one that says no, or
-that was given up on, is out of routing (with its reason) until it answers that it has; one that
-does not answer the probe in time keeps its state (Serve restarts dead replicas, and a busy one
-is not a broken one).
+a lost node hangs until Ray declares the node dead), and the first answer wins. The health check
+asks every variant whether it has loaded: one that says no, or that was given up on, is out of
+routing (with its reason) until it answers that it has; one that does not answer the probe in
+time keeps its state (Serve restarts dead replicas, and a busy one is not a broken one).
 """
 
 from __future__ import annotations
@@ -112,11 +112,8 @@ class VariantPool:
                     f"the model of variant {variant!r} did not answer within {timeout:g} s"
                 )
             return next(iter(done)).result()
-        except ShipyardError:
-            raise
         except Exception as err:
-            logger.warning("variant %s failed: %s", variant, err)
-            raise Unavailable(f"variant {variant!r}: model failed") from None
+            raise _failure(variant, err) from None
         finally:
             for future, pending in calls.items():
                 if not future.done():
@@ -133,8 +130,13 @@ class VariantPool:
         timeout = min(deadline_s or self.limits.timeout_s, self.limits.timeout_s)
         try:
             return await within(call(), timeout, f"model of variant {variant!r}", late)
-        except ShipyardError:
-            raise
         except Exception as err:
-            logger.warning("variant %s failed: %s", variant, err)
-            raise Unavailable(f"variant {variant!r}: model failed") from None
+            raise _failure(variant, err) from None
+
+
+def _failure(variant: str, err: Exception) -> ShipyardError:
+    """What a failed call raises: the variant's own typed error as it is, anything else 503."""
+    if isinstance(err, ShipyardError):
+        return err
+    logger.warning("variant %s failed: %s", variant, err)
+    return Unavailable(f"variant {variant!r}: model failed")

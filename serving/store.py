@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from serving.generations import Generations
 from serving.settings import AppSettings
 from shipyard.ab import segments
 from shipyard.ab.aliases import AliasStore
@@ -29,30 +30,7 @@ from shipyard.registry import Registry
 from shipyard.storage import StateDir
 
 logger = logging.getLogger(__name__)
-
-KV_NAMESPACE = "shipyard"
 T = TypeVar("T")
-
-
-class Generations:
-    """The newest journal position each store has written, kept in Ray's GCS (cluster-wide,
-    outliving any one replica): a store that finds older state on its `state_uri` than this
-    says was written (a node-local path read on another node) refuses to start."""
-
-    def __init__(self, key: str) -> None:
-        from ray.experimental import internal_kv
-
-        self.kv, self.key = internal_kv, key
-
-    def known(self) -> int:
-        if not self.kv._internal_kv_initialized():
-            return 0
-        raw = self.kv._internal_kv_get(self.key, namespace=KV_NAMESPACE)
-        return int(raw) if raw else 0
-
-    def record(self, seq: int) -> None:
-        if self.kv._internal_kv_initialized():
-            self.kv._internal_kv_put(self.key, str(seq), overwrite=True, namespace=KV_NAMESPACE)
 
 
 class ExperimentStore:

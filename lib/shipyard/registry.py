@@ -190,7 +190,7 @@ def add_mlflow_model(registry: Registry, name: str, version: int) -> list[str]:
     retraining: its bundle is downloaded and verified, the MLflow files (no input example: the
     holdout is not kept) are uploaded beside it, then the manifest that covers them. Returns the
     files added (none if it already is an MLflow model)."""
-    from shipyard.bundle.files import MANIFEST, write_bundle
+    from shipyard.bundle.files import MANIFEST, write_bundle, write_manifest
     from shipyard.bundle.mlflow_model import mlflow_files
     from shipyard.bundle.schema import InputSchema
 
@@ -210,10 +210,8 @@ def add_mlflow_model(registry: Registry, name: str, version: int) -> list[str]:
         grown = {**sums, **write_bundle(new, added)}
         (new / MANIFEST).unlink()  # the files first: until the manifest follows, the old holds
         registry.log_artifacts(mv.run_id, new, MODEL_DIR)
-        manifest = Path(tmp) / "manifest"
-        manifest.mkdir()
-        (manifest / MANIFEST).write_text(json.dumps({"sha256": grown}, indent=2, sort_keys=True))
-        registry.log_artifacts(mv.run_id, manifest, MODEL_DIR)
+        write_manifest(Path(tmp) / "manifest", grown)
+        registry.log_artifacts(mv.run_id, Path(tmp) / "manifest", MODEL_DIR)
     return sorted(added)
 
 

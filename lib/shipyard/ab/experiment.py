@@ -200,21 +200,24 @@ class Experiment:
         StorageError tells the router to send the batch again. Routers deliver at least once (a
         flush that timed out is sent again); a request id is counted once.
         """
+        return self._ingest(records)[0]
+
+    def recover(self, rows: list[dict[str, Any]]) -> int:
+        """Rows from a segment a router left (`shipyard.ab.segments.collect`), ingested as a
+        router's batch; how many were new (not delivered by the router before it went)."""
+        new = self._ingest(rows)[1]
+        self.recovered += new
+        return new
+
+    def _ingest(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """The guardrail actions taken, and how many rows were new."""
         fresh = [r for r in records if "id" not in r or not self.joins.seen(r["id"])]
         if fresh and self.durable is not None:
             self.durable.append({"kind": "ingest", "rows": fresh})
         self._apply_ingest(fresh, count=True)
         actions = self.check_guardrails()
         self.save()
-        return actions
-
-    def recover(self, rows: list[dict[str, Any]]) -> int:
-        """Rows from a segment a router left (`shipyard.ab.segments.collect`), ingested as a
-        router's batch; how many were new (not delivered by the router before it went)."""
-        new = sum(1 for r in rows if "id" not in r or not self.joins.seen(r["id"]))
-        self.ingest(rows)
-        self.recovered += new
-        return new
+        return actions, len(fresh)
 
     def _apply_ingest(self, rows: list[dict[str, Any]], count: bool) -> None:
         """`count=False`: only the join index (entries a snapshot already counted)."""

@@ -35,8 +35,14 @@ def write_bundle(directory: Path, files: dict[str, bytes]) -> dict[str, str]:
         (directory / name).parent.mkdir(parents=True, exist_ok=True)
         (directory / name).write_bytes(data)
         sums[name] = hashlib.sha256(data).hexdigest()
-    (directory / MANIFEST).write_text(json.dumps({"sha256": sums}, indent=2, sort_keys=True))
+    write_manifest(directory, sums)
     return sums
+
+
+def write_manifest(directory: Path, sums: dict[str, str]) -> None:
+    """The manifest of a bundle whose files have these checksums."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).write_text(json.dumps({"sha256": sums}, indent=2, sort_keys=True))
 
 
 def verify_bundle(directory: Path, required: tuple[str, ...] = REQUIRED) -> dict[str, str]:
